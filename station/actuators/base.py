@@ -1,0 +1,103 @@
+"""The actuator interface every reject/alarm output implements, its errors, and reconnect backoff.
+
+The reject scheduler owns timing: for ordinary outputs it calls `set_output(True)` at the part's
+due time and `set_output(False)` `pulse_ms` later. Actuators whose device owns the timing (the PLC
+handshake) set `owns_timing = True` and get `send_verdict()` for every part instead. Errors are
+split the way the plant needs them told apart: the transport failed (`ActuatorTransportError`),
+the device answered with an error (`ActuatorDeviceError`), or nothing was sent because the link is
+down and backing off (`ActuatorNotConnected`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+
+from station.records import Verdict
+
+log = logging.getLogger("station.actuator")
+
+
+class ActuatorError(RuntimeError):
+    """Base of every actuator failure."""
+
+
+class ActuatorTransportError(ActuatorError):
+    """Connection refused or lost, timeout, garbled reply: the command may not have arrived."""
+
+
+class ActuatorDeviceError(ActuatorError):
+    """The device answered, with an error (e.g. a Modbus exception reply)."""
+
+
+class ActuatorNotConnected(ActuatorError):
+    """The link is down and the reconnect backoff has not elapsed: nothing was sent."""
+
+
+class Backoff:
+    """Capped doubling delay between reconnect attempts."""
+
+    def __init__(self, min_s: float, max_s: float) -> None:
+        self.min_s = min_s
+        self.max_s = max(max_s, min_s)
+        self._delay_s = min_s
+        self._next_try = 0.0
+
+    def ready(self, now: float | None = None) -> bool:
+        return (time.monotonic() if now is None else now) >= self._next_try
+
+    def failed(self, now: float | None = None) -> float:
+        """Record a failed attempt; return the delay before the next one."""
+        now = time.monotonic() if now is None else now
+        delay = self._delay_s
+        self._next_try = now + delay
+        self._delay_s = min(self._delay_s * 2, self.max_s)
+        return delay
+
+    def succeeded(self) -> None:
+        self._delay_s = self.min_s
+        self._next_try = 0.0
+
+
+class Actuator(ABC):
+    """One physical output (or PLC link). Implementations must be safe to call from one thread at a time;
+    the station guards each actuator with its own lock."""
+
+    kind: str = "abstract"
+    owns_timing: bool = False
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counters: Counter[str] = Counter()
+        self.connected = False
+        self.last_error: str | None = None
+
+    @abstractmethod
+    def open(self) -> None:
+        """Connect and drive the output off. Raise ActuatorError if the device cannot be reached;
+        the station keeps running and later calls reconnect by themselves."""
+
+    @abstractmethod
+    def set_output(self, on: bool) -> None:
+        """Drive the output; raise an ActuatorError subclass on failure."""
+
+    def send_verdict(self, verdict: Verdict) -> None:
+        """Hand one part's verdict to a device that owns reject timing (handshake actuators only)."""
+        raise NotImplementedError(f"{self.kind} does not take verdicts")
+
+    def tick(self) -> None:
+        """Periodic housekeeping (heartbeats), called about every 100 ms by the station."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Drive the output off (best effort, errors logged) and release the device."""
+
+    def describe(self) -> str:
+        return self.kind
+
+    def note_failure(self, exc: ActuatorError) -> None:
+        self.counters[f"error_{type(exc).__name__}"] += 1
+        self.last_error = str(exc)

@@ -1,0 +1,101 @@
+"""One reused pymodbus client connection with capped reconnect backoff and error classification.
+
+Shared by every Modbus actuator (TCP or RTU, coil or registers). `call()` runs one request:
+transport trouble (refused, timeout, garbage, lost link) becomes `ActuatorTransportError` and drops
+the connection so the next call reconnects after the backoff; an exception reply from the device
+(`response.isError()`) becomes `ActuatorDeviceError` and keeps the link.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from pymodbus.client.base import ModbusBaseSyncClient
+from pymodbus.exceptions import ModbusException
+
+from station.actuators.base import (
+    ActuatorDeviceError,
+    ActuatorNotConnected,
+    ActuatorTransportError,
+    Backoff,
+)
+
+log = logging.getLogger("station.actuator.modbus")
+
+
+class ModbusLink:
+    def __init__(self, client_factory: Callable[[], ModbusBaseSyncClient], *, endpoint: str,
+                 reconnect_min_ms: float, reconnect_max_ms: float) -> None:
+        self._factory = client_factory
+        self.endpoint = endpoint
+        self.client: ModbusBaseSyncClient | None = None
+        self.backoff = Backoff(reconnect_min_ms / 1000.0, reconnect_max_ms / 1000.0)
+        self.connects = 0
+        self.reconnects = 0
+        self.transport_errors = 0
+        self.device_errors = 0
+        self.ever_connected = False
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None
+
+    def connect(self) -> None:
+        """Open the connection now (ignores the backoff); raise ActuatorTransportError on failure."""
+        self.drop()
+        client = self._factory()
+        try:
+            ok = client.connect()
+        except (ModbusException, OSError) as exc:
+            ok = False
+            reason = str(exc)
+        else:
+            reason = "connection refused or timed out"
+        if not ok:
+            client.close()
+            delay = self.backoff.failed()
+            self.transport_errors += 1
+            raise ActuatorTransportError(f"cannot connect to {self.endpoint}: {reason}; retry in {delay:.1f} s")
+        self.client = client
+        self.backoff.succeeded()
+        self.connects += 1
+        if self.ever_connected:
+            self.reconnects += 1
+            log.warning("reconnected to %s", self.endpoint)
+        self.ever_connected = True
+
+    def drop(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            except (ModbusException, OSError) as exc:
+                log.debug("closing %s: %s", self.endpoint, exc)
+            self.client = None
+
+    def call(self, what: str, request: Callable[[ModbusBaseSyncClient], Any]) -> Any:
+        """Run one request, reconnecting first when the backoff allows."""
+        if self.client is None:
+            if not self.backoff.ready():
+                raise ActuatorNotConnected(f"{self.endpoint} is down; {what} not sent (waiting to reconnect)")
+            self.connect()
+        assert self.client is not None
+        try:
+            response = request(self.client)
+        except (ModbusException, OSError, ValueError) as exc:
+            # pymodbus raises ModbusIOException/ConnectionException for timeouts and lost links,
+            # and can raise ValueError/struct errors on garbled frames: all transport faults.
+            self.transport_errors += 1
+            self.drop()
+            self.backoff.failed()
+            raise ActuatorTransportError(f"{what} to {self.endpoint} failed: {exc}") from exc
+        if response is None:
+            self.transport_errors += 1
+            self.drop()
+            self.backoff.failed()
+            raise ActuatorTransportError(f"{what} to {self.endpoint}: no response")
+        if response.isError():
+            self.device_errors += 1
+            code = getattr(response, "exception_code", None)
+            raise ActuatorDeviceError(f"{what} to {self.endpoint}: device replied with exception code {code}")
+        return response

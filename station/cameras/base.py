@@ -1,0 +1,70 @@
+"""The camera protocol every camera kind implements, and the records and errors it uses.
+
+The capture thread calls `grab(timeout_s)` in a loop. A camera returns a `Grab` (an image, or an
+`error` for a broken buffer that still stands for a part), `None` when nothing arrived within the
+timeout, raises `CameraLost` when the device is gone (the capture thread reopens it with backoff),
+and `EndOfStream` when a finite source (replay, a limited synthetic run) is exhausted.
+Images are converted to the station layout (uint8 HxW mono or HxWx3 RGB) inside the camera module,
+through `station.cameras.pixels`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class CameraError(RuntimeError):
+    """The camera cannot be opened or configured."""
+
+
+class CameraLost(CameraError):
+    """The camera stopped answering (unplugged, network loss, stream error)."""
+
+
+class EndOfStream(Exception):
+    """A finite source has delivered its last frame."""
+
+
+@dataclass(frozen=True)
+class Grab:
+    image: np.ndarray | None
+    source: str
+    t_capture_ns: int | None = None  # monotonic ns; None: the capture thread stamps it on arrival
+    label: str | None = None          # "defective" | "ok" when the source knows it
+    error: str | None = None          # a broken buffer: the part gets a `bad_frame` verdict
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Camera(ABC):
+    kind: str = "abstract"
+    # True for sources that may wait for the pipeline (replay as fast as possible): the capture
+    # thread then waits for queue room instead of declaring an overrun.
+    paced_by_pipeline: bool = False
+
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+
+    @abstractmethod
+    def open(self) -> None:
+        """Open and configure the device; raise CameraError with what went wrong."""
+
+    @abstractmethod
+    def grab(self, timeout_s: float) -> Grab | None:
+        """Wait up to `timeout_s` for the next frame."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the device; must not raise."""
+
+    def describe(self) -> str:
+        return self.kind
+
+    @property
+    def expected_frames(self) -> int | None:
+        """How many frames a finite source will deliver, when known."""
+        return None

@@ -1,0 +1,64 @@
+"""Conversion of camera pixel layouts to the station's image layout, in one place.
+
+The station works on uint8 arrays, HxW (mono) or HxWx3 (RGB). Cameras deliver mono8/mono16,
+BGR (OpenCV), RGB, or raw Bayer mosaics; `to_station_image` turns each into the station layout
+and raises `ValueError` for a layout it does not know or a buffer of the wrong size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Bayer pattern name (as GenICam spells it) -> offsets (row, col) of R and B in the 2x2 cell.
+_BAYER = {"bayer_rg8": ((0, 0), (1, 1)), "bayer_bg8": ((1, 1), (0, 0)),
+          "bayer_gr8": ((0, 1), (1, 0)), "bayer_gb8": ((1, 0), (0, 1))}
+
+PIXEL_FORMATS = ("mono8", "mono16", "mono32", "rgb8", "bgr8", *_BAYER)
+
+
+def to_station_image(data: np.ndarray, pixel_format: str) -> np.ndarray:
+    fmt = pixel_format.lower()
+    arr = np.asarray(data)
+    if fmt == "mono8":
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        _need(arr, 2, np.uint8, fmt)
+        return np.ascontiguousarray(arr)
+    if fmt in ("mono16", "mono32"):
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.ndim != 2:
+            raise ValueError(f"{fmt} buffer has shape {arr.shape}, expected HxW")
+        peak = float(arr.max()) if arr.size else 0.0
+        # Scale by the sensor's used bit depth (10/12/16-bit data all arrive as mono16).
+        bits = max(8, int(np.ceil(np.log2(peak + 1)))) if peak > 0 else 8
+        return np.ascontiguousarray((arr.astype(np.float32) * (255.0 / (2 ** bits - 1))).round().astype(np.uint8))
+    if fmt in ("rgb8", "bgr8"):
+        _need(arr, 3, np.uint8, fmt)
+        if arr.shape[2] != 3:
+            raise ValueError(f"{fmt} buffer has {arr.shape[2]} channels, expected 3")
+        return np.ascontiguousarray(arr if fmt == "rgb8" else arr[:, :, ::-1])
+    if fmt in _BAYER:
+        _need(arr, 2, np.uint8, fmt)
+        return _demosaic(arr, *_BAYER[fmt])
+    raise ValueError(f"unknown pixel format {pixel_format!r} (known: {', '.join(PIXEL_FORMATS)})")
+
+
+def _need(arr: np.ndarray, ndim: int, dtype: type, fmt: str) -> None:
+    if arr.ndim != ndim or arr.dtype != dtype:
+        raise ValueError(f"{fmt} buffer is {arr.dtype} with shape {arr.shape}, expected {ndim}-D {np.dtype(dtype)}")
+
+
+def _demosaic(raw: np.ndarray, r_at: tuple[int, int], b_at: tuple[int, int]) -> np.ndarray:
+    """Half-resolution-free demosaic: each 2x2 cell gives R, mean(G, G), B to its four pixels."""
+    h, w = raw.shape
+    if h % 2 or w % 2:
+        raw = raw[: h - h % 2, : w - w % 2]
+        h, w = raw.shape
+    cells = raw.reshape(h // 2, 2, w // 2, 2).astype(np.uint16)
+    r = cells[:, r_at[0], :, r_at[1]]
+    b = cells[:, b_at[0], :, b_at[1]]
+    g_at = [(i, j) for i in (0, 1) for j in (0, 1) if (i, j) not in (r_at, b_at)]
+    g = (cells[:, g_at[0][0], :, g_at[0][1]] + cells[:, g_at[1][0], :, g_at[1][1]]) // 2
+    rgb = np.stack([r, g, b], axis=-1).astype(np.uint8)
+    return np.ascontiguousarray(rgb.repeat(2, axis=0).repeat(2, axis=1))

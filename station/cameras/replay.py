@@ -1,0 +1,156 @@
+"""The `replay` camera: recorded frames (a folder of images or a video file) fed through the pipeline.
+
+Labels come from the sub-folder names (`def_front`/`ok_front` by default, or the YAML mapping).
+A file that cannot be decoded still stands for a part: it is delivered as a broken `Grab` so the
+part gets a `bad_frame` verdict, exactly as a corrupt camera buffer would.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from station.cameras.base import Camera, CameraError, EndOfStream, Grab
+from station.cameras.pixels import to_station_image
+from station.config_cameras import ReplayCameraConfig
+
+log = logging.getLogger("station.camera.replay")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm"}
+
+
+def list_frames(folder: Path, *, order: str = "sorted", seed: int = 0) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if order == "shuffled":
+        random.Random(seed).shuffle(files)
+    return files
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Decode an image file to the station layout; raise ValueError/OSError when it cannot be."""
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("L", "RGB"):
+            return np.asarray(img).copy()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            return to_station_image(np.asarray(img), "mono16" if img.mode.startswith("I;16") else "mono32")
+        return np.asarray(img.convert("RGB")).copy()
+
+
+class ReplayCamera(Camera):
+    kind = "replay"
+
+    def __init__(self, config: ReplayCameraConfig, *, rate_parts_per_s: float | None | str = "config") -> None:
+        super().__init__()
+        self.config = config
+        self.rate = config.rate_parts_per_s if rate_parts_per_s == "config" else rate_parts_per_s
+        self.paced_by_pipeline = self.rate is None
+        self._files: list[Path] = []
+        self._video = None
+        self._index = 0
+        self._delivered = 0
+        self._next_due = 0.0
+
+    def describe(self) -> str:
+        pace = "as fast as possible" if self.rate is None else f"{self.rate:g} parts/s"
+        return f"replay {self.config.path} ({pace})"
+
+    @property
+    def expected_frames(self) -> int | None:
+        if self._video is not None or self.config.loop:
+            return self.config.limit
+        n = len(self._files)
+        return min(n, self.config.limit) if self.config.limit else n
+
+    def open(self) -> None:
+        path = self.config.path
+        if path.is_dir():
+            self._files = list_frames(path, order=self.config.order, seed=self.config.seed)
+            if not self._files:
+                raise CameraError(f"replay folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+            try:
+                import cv2
+            except ImportError as exc:
+                raise CameraError("replaying a video needs OpenCV: pip install opencv-python-headless") from exc
+            cap = cv2.VideoCapture(str(path))
+            if not cap.isOpened():
+                raise CameraError(f"cannot open video {path}")
+            self._video = cap
+        elif path.is_file():
+            raise CameraError(f"replay path {path} is neither a folder of images nor a video "
+                              f"({', '.join(sorted(VIDEO_SUFFIXES))})")
+        else:
+            raise CameraError(f"replay path {path} does not exist")
+        self._index = 0
+        self._next_due = time.monotonic()
+
+    def _label_for(self, path: Path) -> str | None:
+        for part in reversed(path.relative_to(self.config.path).parts[:-1]):
+            if part in self.config.labels:
+                return self.config.labels[part]
+        return None
+
+    def _pace(self, timeout_s: float) -> bool:
+        if self.rate is None:
+            return True
+        wait = self._next_due - time.monotonic()
+        if wait > timeout_s:
+            time.sleep(timeout_s)
+            return False
+        if wait > 0:
+            time.sleep(wait)
+        self._next_due = max(self._next_due + 1.0 / self.rate, time.monotonic() - 1.0 / self.rate)
+        return True
+
+    def grab(self, timeout_s: float) -> Grab | None:
+        if self.config.limit is not None and self._delivered >= self.config.limit:
+            raise EndOfStream
+        if not self._pace(timeout_s):
+            return None
+        grab = self._next_video() if self._video is not None else self._next_file()
+        self._delivered += 1
+        self.counters["frames"] += 1
+        return grab
+
+    def _next_file(self) -> Grab:
+        if self._index >= len(self._files):
+            if not self.config.loop:
+                raise EndOfStream
+            self._index = 0
+        path = self._files[self._index]
+        self._index += 1
+        source = str(path)
+        label = self._label_for(path)
+        try:
+            image = load_image(path)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+            self.counters["bad_files"] += 1
+            log.warning("replay: cannot decode %s: %s", path, exc)
+            return Grab(image=None, source=source, label=label, error=f"cannot decode {path.name}: {exc}")
+        return Grab(image=image, source=source, label=label)
+
+    def _next_video(self) -> Grab:
+        import cv2
+
+        ok, frame = self._video.read()
+        if not ok:
+            if not self.config.loop:
+                raise EndOfStream
+            self._video.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self._video.read()
+            if not ok:
+                raise EndOfStream
+        index = int(self._video.get(cv2.CAP_PROP_POS_FRAMES))
+        return Grab(image=to_station_image(frame, "bgr8"), source=f"{self.config.path}#{index}")
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video.release()
+            self._video = None

@@ -1,0 +1,106 @@
+"""Image preprocessing shared by the station and the training package.
+
+The model artifact records a `Preprocess` (input size, mean/std, grayscale handling); the
+classifier worker and the training data loader both call `Preprocess.to_tensor`, so a part
+seen on the line goes through exactly the pixels path the model was trained and evaluated on.
+Images inside the station are uint8 numpy arrays, either HxW (mono) or HxWx3 (RGB); cameras
+convert their native pixel formats to that layout before a `Frame` is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FrameFormatError(ValueError):
+    """The image is not a uint8 HxW or HxWx3 array the classifier can use."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a raw camera image becomes the model's input tensor."""
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # The casting images are grey (R == G == B): convert to one luminance channel, then
+    # repeat it three times so ImageNet-pretrained first layers still apply.
+    grayscale: bool = True
+    resize: str = "bilinear"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        known = {"input_size", "mean", "std", "grayscale", "resize"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
+        mean = tuple(float(v) for v in data.get("mean", IMAGENET_MEAN))
+        std = tuple(float(v) for v in data.get("std", IMAGENET_STD))
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError("preprocessing mean/std must be three numbers, std > 0")
+        size = int(data.get("input_size", 224))
+        if not 16 <= size <= 2048:
+            raise ValueError(f"preprocessing input_size {size} out of range 16..2048")
+        resize = str(data.get("resize", "bilinear"))
+        if resize not in _RESAMPLE:
+            raise ValueError(f"preprocessing resize {resize!r} not one of {sorted(_RESAMPLE)}")
+        return cls(input_size=size, mean=mean, std=std,  # type: ignore[arg-type]
+                   grayscale=bool(data.get("grayscale", True)), resize=resize)
+
+    def to_pil(self, image: np.ndarray) -> Image.Image:
+        """Validate a station image and return it as a PIL image in the model's colour mode."""
+        check_image(image)
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        pil = Image.fromarray(image)
+        return pil.convert("L") if self.grayscale else pil.convert("RGB")
+
+    def pil_to_tensor(self, pil: Image.Image) -> torch.Tensor:
+        """Resize and normalise a PIL image (mode L or RGB) to a float CHW tensor."""
+        if pil.size != (self.input_size, self.input_size):
+            pil = pil.resize((self.input_size, self.input_size), _RESAMPLE[self.resize])
+        arr = np.asarray(pil, dtype=np.float32) / 255.0
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        elif self.grayscale:
+            arr = np.repeat(arr.mean(axis=2, keepdims=True), 3, axis=2)
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        arr = (arr - mean) / std
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+    def to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        """The one path from a station image (uint8 HxW or HxWx3 RGB) to a CHW model input."""
+        return self.pil_to_tensor(self.to_pil(image))
+
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def check_image(image: object, *, min_side: int = 16, max_side: int = 8192) -> None:
+    """Raise FrameFormatError unless `image` is a usable uint8 HxW / HxWx1 / HxWx3 array."""
+    if not isinstance(image, np.ndarray):
+        raise FrameFormatError(f"image is {type(image).__name__}, expected a numpy array")
+    if image.dtype != np.uint8:
+        raise FrameFormatError(f"image dtype {image.dtype}, expected uint8")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise FrameFormatError(f"image shape {image.shape}, expected HxW or HxWx3")
+    h, w = image.shape[:2]
+    if not (min_side <= h <= max_side and min_side <= w <= max_side):
+        raise FrameFormatError(f"image size {w}x{h} outside {min_side}..{max_side} px")
