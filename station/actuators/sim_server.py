@@ -1,0 +1,205 @@
+"""A simulated PLC on 127.0.0.1 (or a serial pty) built from pymodbus's own server, for tests, the demo and
+the actuator benchmark.
+
+The server runs its asyncio loop in one background thread. Every coil and holding-register write is
+timestamped server-side with `time.monotonic_ns()` the moment the request is handled (the same clock the
+station uses for due times, so lateness and pulse widths can be read straight off `coil_events`). A test can
+make the device answer every write with a Modbus exception reply (`fail_writes_with`) to exercise the
+device-error path, and stop/start the server on the same port to exercise reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+log = logging.getLogger("station.actuator.sim_server")
+
+# Function codes that write coils / holding registers.
+_COIL_WRITES = {5, 15}
+_REGISTER_WRITES = {6, 16, 23}
+
+
+@dataclass
+class SimPlcHandle:
+    """A running simulated PLC. Lists are appended by the server thread; read them after the writes of
+    interest have been acknowledged (a write is recorded before its reply is sent)."""
+
+    host: str
+    port: int | str  # TCP port, or the serial device path for RTU
+    coil_events: list[tuple[int, int, bool]] = field(default_factory=list)  # (t_ns, address, value)
+    register_writes: list[tuple[int, int, int]] = field(default_factory=list)  # (t_ns, address, value)
+    fail_writes_with: ExcCodes | None = None  # answer every write with this exception reply
+    _loop: asyncio.AbstractEventLoop | None = None
+    _server: Any = None
+    _thread: threading.Thread | None = None
+    _coils: dict[int, bool] = field(default_factory=dict)
+    _registers: dict[int, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # ---- what the server saw ------------------------------------------------------------------
+    def coil(self, address: int) -> bool:
+        with self._lock:
+            return self._coils.get(address, False)
+
+    def register(self, address: int) -> int:
+        with self._lock:
+            return self._registers.get(address, 0)
+
+    def registers(self, address: int, count: int) -> list[int]:
+        with self._lock:
+            return [self._registers.get(address + i, 0) for i in range(count)]
+
+    def pulses(self, address: int) -> list[tuple[int, int]]:
+        """(on_ns, off_ns) for each on->off transition of one coil (repeated writes of the same value are
+        not edges). An on without an off yet is reported with off_ns = -1."""
+        pulses: list[tuple[int, int]] = []
+        state, on_ns = False, 0
+        for t_ns, addr, value in list(self.coil_events):
+            if addr != address or value == state:
+                continue
+            if value:
+                on_ns = t_ns
+            else:
+                pulses.append((on_ns, t_ns))
+            state = value
+        if state:
+            pulses.append((on_ns, -1))
+        return pulses
+
+    # ---- server side --------------------------------------------------------------------------
+    async def _action(self, func_code: int, _start: int, address: int, _count: int,
+                      _registers: list[int], values: list[int] | list[bool] | None) -> ExcCodes | None:
+        if values is None:
+            return None
+        if self.fail_writes_with is not None:
+            return self.fail_writes_with
+        t_ns = time.monotonic_ns()
+        with self._lock:
+            if func_code in _COIL_WRITES:
+                for i, value in enumerate(values):
+                    self._coils[address + i] = bool(value)
+                    self.coil_events.append((t_ns, address + i, bool(value)))
+            elif func_code in _REGISTER_WRITES:
+                for i, value in enumerate(values):
+                    self._registers[address + i] = int(value)
+                    self.register_writes.append((t_ns, address + i, int(value)))
+        return None
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Shut the server down (clients see the connection drop) and join its thread."""
+        if self._loop is None or self._thread is None:
+            return
+        loop, server = self._loop, self._server
+        if server is not None and loop.is_running():
+            fut = asyncio.run_coroutine_threadsafe(server.shutdown(), loop)
+            try:
+                fut.result(timeout_s)
+            except (TimeoutError, RuntimeError, OSError) as exc:
+                log.warning("sim PLC shutdown: %s", exc)
+        self._thread.join(timeout_s)
+        self._thread = None
+        self._loop = None
+        self._server = None
+
+    def __enter__(self) -> SimPlcHandle:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def _device(handle: SimPlcHandle, *, coils: int, registers: int) -> SimDevice:
+    # Separate coil / discrete / holding / input blocks, every address valid up to the sizes given;
+    # anything past them answers ILLEGAL_ADDRESS like a real PLC.
+    return SimDevice(
+        id=0,  # 0 = answer for every device id
+        simdata=(
+            [SimData(0, count=coils, values=False, datatype=DataType.BITS)],
+            [SimData(0, count=16, values=False, datatype=DataType.BITS)],
+            [SimData(0, count=registers, values=0, datatype=DataType.REGISTERS)],
+            [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
+        ),
+        action=handle._action,
+    )
+
+
+def _serve(handle: SimPlcHandle, make_server: Any, started: threading.Event, errors: list[BaseException]) -> None:
+    async def main() -> None:
+        try:
+            server = make_server()
+            handle._server = server
+            await server.serve_forever(background=True)
+            if isinstance(handle.port, int) and handle.port == 0:
+                handle.port = server.transport.sockets[0].getsockname()[1]
+        except BaseException as exc:  # reported to the starting thread, which raises it
+            errors.append(exc)
+            started.set()
+            return
+        started.set()
+        await server.serving
+
+    loop = asyncio.new_event_loop()
+    handle._loop = loop
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def _start(handle: SimPlcHandle, make_server: Any, timeout_s: float) -> SimPlcHandle:
+    started = threading.Event()
+    errors: list[BaseException] = []
+    handle._thread = threading.Thread(target=_serve, args=(handle, make_server, started, errors),
+                                      name=f"sim-plc-{handle.port}", daemon=True)
+    handle._thread.start()
+    if not started.wait(timeout_s):
+        handle.stop()
+        raise RuntimeError(f"simulated PLC on {handle.host}:{handle.port} did not start in {timeout_s} s")
+    if errors:
+        handle._thread.join(timeout_s)
+        raise RuntimeError(f"simulated PLC on {handle.host}:{handle.port} failed to start: {errors[0]}")
+    return handle
+
+
+def start_sim_server(host: str = "127.0.0.1", port: int = 0, *, coils: int = 64, registers: int = 128,
+                     timeout_s: float = 5.0, record_into: SimPlcHandle | None = None) -> SimPlcHandle:
+    """Start a Modbus TCP simulated PLC; `port=0` picks a free port (read it from `.port`).
+
+    `record_into`: continue recording into an earlier (stopped) handle's event lists, for a restart on
+    the same port in the middle of a run.
+    """
+    handle = record_into if record_into is not None else SimPlcHandle(host=host, port=port)
+    handle.host = host
+    if port or record_into is None:
+        handle.port = port
+
+    def make() -> ModbusTcpServer:
+        return ModbusTcpServer(_device(handle, coils=coils, registers=registers),
+                               address=(host, int(handle.port)), framer=FramerType.SOCKET)
+
+    return _start(handle, make, timeout_s)
+
+
+def start_sim_serial_server(port: str, *, baudrate: int = 115200, parity: str = "N", stopbits: int = 1,
+                            bytesize: int = 8, coils: int = 64, registers: int = 128, timeout_s: float = 5.0,
+                            record_into: SimPlcHandle | None = None) -> SimPlcHandle:
+    """Start a Modbus RTU simulated PLC on a serial device (for tests: one end of a socat pty pair)."""
+    handle = record_into if record_into is not None else SimPlcHandle(host="serial", port=port)
+    handle.port = port
+
+    def make() -> ModbusSerialServer:
+        return ModbusSerialServer(_device(handle, coils=coils, registers=registers), framer=FramerType.RTU,
+                                  port=port, baudrate=baudrate, parity=parity, stopbits=stopbits,
+                                  bytesize=bytesize, reconnect_delay=0.2)
+
+    return _start(handle, make, timeout_s)
