@@ -2,14 +2,21 @@
 
 Each model is selected by its `kind` key (a pydantic discriminated union). Adding an actuator
 kind means one model here, one module in `station/actuators/` and one line in that package's
-registry.
+registry. The schema checks values only; whether a serial port exists is a property of the machine,
+not of the file, so it is checked when the actuator opens and by `check_actuator_ports()` (which
+`station check-config` calls), never while merely loading a config.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Holding registers the PLC handshake uses, counted from its `register_base` (see plc_handshake.py).
+HANDSHAKE_REGISTER_COUNT = 17
 
 
 class _Strict(BaseModel):
@@ -22,14 +29,9 @@ class LogActuatorConfig(_Strict):
     kind: Literal["log"] = "log"
 
 
-class ModbusTcpActuatorConfig(_Strict):
-    """A coil on a Modbus TCP PLC or I/O module, pulsed on for `reject.pulse_ms`."""
-
-    kind: Literal["modbus_tcp"] = "modbus_tcp"
-    host: str = Field("127.0.0.1", description="PLC address (IP or host name).")
-    port: int = Field(502, ge=1, le=65535, description="Modbus TCP port.")
-    device_id: int = Field(1, ge=0, le=255, description="Modbus unit / slave id.")
-    coil: int = Field(0, ge=0, le=65535, description="Coil address (0-based) that drives the ejector.")
+# ---- Modbus links ---------------------------------------------------------------------------------------
+class _ModbusCommon(_Strict):
+    device_id: int = Field(1, ge=0, le=255, description="Modbus unit id (TCP gateways may use up to 255).")
     timeout_ms: float = Field(200.0, ge=5, le=10_000, description="Per-request timeout in ms.")
     retries: int = Field(0, ge=0, le=5, description="Retries per request on a transport error.")
     reconnect_min_ms: float = Field(200.0, ge=10, le=60_000,
@@ -37,8 +39,182 @@ class ModbusTcpActuatorConfig(_Strict):
     reconnect_max_ms: float = Field(5_000.0, ge=10, le=600_000,
                                      description="Cap of the doubling reconnect delay, ms.")
 
+    @model_validator(mode="after")
+    def _backoff_order(self) -> _ModbusCommon:
+        if self.reconnect_max_ms < self.reconnect_min_ms:
+            raise ValueError(f"reconnect_max_ms: {self.reconnect_max_ms:g} ms is below "
+                             f"reconnect_min_ms = {self.reconnect_min_ms:g} ms")
+        return self
+
+
+class _ModbusTcpFields(_ModbusCommon):
+    host: str = Field("127.0.0.1", min_length=1, description="PLC address (IP or host name).")
+    port: int = Field(502, ge=1, le=65535, description="Modbus TCP port.")
+
+
+class _SerialFields(_Strict):
+    port: str = Field(..., min_length=1, description="Serial device, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...")
+    baudrate: int = Field(19200, description="Bits per second.")
+    parity: Literal["N", "E", "O"] = Field("N", description="N(one), E(ven) or O(dd).")
+    stopbits: Literal[1, 2] = Field(1, description="Stop bits.")
+    bytesize: Literal[7, 8] = Field(8, description="Data bits.")
+
+    @field_validator("baudrate")
+    @classmethod
+    def _standard_baudrate(cls, v: int) -> int:
+        if v not in _BAUDRATES:
+            raise ValueError(f"baudrate {v} is not a standard rate ({', '.join(map(str, _BAUDRATES))})")
+        return v
+
+
+_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+
+
+class _ModbusRtuFields(_SerialFields, _ModbusCommon):
+    device_id: int = Field(1, ge=1, le=247, description="Modbus RTU slave address on the bus (1-247).")
+
+
+class ModbusTcpActuatorConfig(_ModbusTcpFields):
+    """A coil on a Modbus TCP PLC or I/O module, pulsed on for `reject.pulse_ms`."""
+
+    kind: Literal["modbus_tcp"] = "modbus_tcp"
+    coil: int = Field(0, ge=0, le=65535, description="Coil address (0-based) that drives the ejector.")
+
+
+class ModbusRtuActuatorConfig(_ModbusRtuFields):
+    """A coil on a Modbus RTU (RS-485/RS-232) PLC or relay module, pulsed on for `reject.pulse_ms`."""
+
+    kind: Literal["modbus_rtu"] = "modbus_rtu"
+    coil: int = Field(0, ge=0, le=65535, description="Coil address (0-based) that drives the ejector.")
+
+
+class ModbusTcpLinkConfig(_ModbusTcpFields):
+    """The PLC handshake over Modbus TCP."""
+
+    transport: Literal["tcp"] = "tcp"
+
+
+class ModbusRtuLinkConfig(_ModbusRtuFields):
+    """The PLC handshake over Modbus RTU."""
+
+    transport: Literal["rtu"] = "rtu"
+
+
+class PlcHandshakeActuatorConfig(_Strict):
+    """The PLC owns reject timing: per part the station writes seq, verdict and p_defect to holding
+    registers, plus a heartbeat counter at a fixed period (register map: plc_handshake.py / README)."""
+
+    kind: Literal["plc_handshake"] = "plc_handshake"
+    link: Annotated[Union[ModbusTcpLinkConfig, ModbusRtuLinkConfig], Field(discriminator="transport")] = Field(
+        default_factory=ModbusTcpLinkConfig, description="How to reach the PLC: transport tcp or rtu.")
+    register_base: int = Field(0, ge=0, le=65536 - HANDSHAKE_REGISTER_COUNT,
+                               description=f"First of the {HANDSHAKE_REGISTER_COUNT} holding registers used.")
+    heartbeat_ms: float = Field(200.0, ge=20, le=5_000,
+                                description="Period of the heartbeat counter write, ms (runs with no parts).")
+
+
+# ---- serial relay boards --------------------------------------------------------------------------------
+_HEX_BYTE = re.compile(r"^(0x)?[0-9a-fA-F]{2}$")
+
+
+def parse_byte_string(text: str, *, key: str) -> bytes:
+    """'A0 01 01 A2', 'A0,01,01,A2', '0xA0 0x01 ...' or 'A00101A2' -> bytes; errors name the key."""
+    tokens = [t for t in re.split(r"[\s,:]+", text.strip()) if t]
+    if len(tokens) == 1 and len(tokens[0]) > 4 and len(tokens[0]) % 2 == 0 and not tokens[0].lower().startswith("0x"):
+        tokens = [tokens[0][i:i + 2] for i in range(0, len(tokens[0]), 2)]
+    if not tokens:
+        raise ValueError(f"{key}: empty byte string; write hex bytes like 'A0 01 01 A2'")
+    bad = [t for t in tokens if not _HEX_BYTE.match(t)]
+    if bad:
+        raise ValueError(f"{key}: {text!r} is not a list of hex bytes (bad: {', '.join(bad)}); "
+                         f"write them like 'A0 01 01 A2'")
+    return bytes(int(t[-2:], 16) for t in tokens)
+
+
+def lctech_command(channel: int, on: bool) -> bytes:
+    """LC Technology USB/serial relay boards: A0 <channel> <state> <sum of the three bytes>."""
+    body = bytes([0xA0, channel, 1 if on else 0])
+    return body + bytes([sum(body) & 0xFF])
+
+
+class SerialRelayActuatorConfig(_SerialFields):
+    """A USB / RS-232 relay board switched by byte commands (`preset`, or your own on/off bytes)."""
+
+    kind: Literal["serial_relay"] = "serial_relay"
+    baudrate: int = Field(9600, description="Bits per second (LC-type boards: 9600).")
+    preset: Literal["lctech", "generic"] = Field(
+        "generic", description="lctech: LC Technology boards (A0 ch 01 sum / A0 ch 00 sum); "
+                               "generic: give on_bytes and off_bytes yourself.")
+    channel: int = Field(1, ge=1, le=8, description="Relay channel (lctech preset).")
+    on_bytes: str | None = Field(None, description="Hex bytes that switch the relay on, e.g. 'A0 01 01 A2'.")
+    off_bytes: str | None = Field(None, description="Hex bytes that switch the relay off, e.g. 'A0 01 00 A1'.")
+    write_timeout_ms: float = Field(200.0, ge=5, le=10_000, description="Longest a command write may block, ms.")
+    reconnect_min_ms: float = Field(200.0, ge=10, le=60_000, description="First reopen delay after a failure, ms.")
+    reconnect_max_ms: float = Field(5_000.0, ge=10, le=600_000, description="Cap of the reopen delay, ms.")
+
+    @field_validator("on_bytes", "off_bytes")
+    @classmethod
+    def _hex(cls, v: str | None, info) -> str | None:  # type: ignore[no-untyped-def]
+        if v is not None:
+            parse_byte_string(v, key=info.field_name)
+        return v
+
+    @model_validator(mode="after")
+    def _commands_known(self) -> SerialRelayActuatorConfig:
+        given = [k for k in ("on_bytes", "off_bytes") if getattr(self, k) is not None]
+        if self.preset == "generic" and len(given) != 2:
+            missing = [k for k in ("on_bytes", "off_bytes") if k not in given]
+            raise ValueError(f"{', '.join(missing)}: required with preset 'generic' (or pick a preset)")
+        if self.preset != "generic" and given:
+            raise ValueError(f"{', '.join(given)}: preset '{self.preset}' defines the commands; "
+                             f"use preset 'generic' to give your own bytes")
+        if self.reconnect_max_ms < self.reconnect_min_ms:
+            raise ValueError(f"reconnect_max_ms: {self.reconnect_max_ms:g} ms is below "
+                             f"reconnect_min_ms = {self.reconnect_min_ms:g} ms")
+        return self
+
+    @property
+    def on_command(self) -> bytes:
+        if self.preset == "lctech":
+            return lctech_command(self.channel, True)
+        assert self.on_bytes is not None
+        return parse_byte_string(self.on_bytes, key="on_bytes")
+
+    @property
+    def off_command(self) -> bytes:
+        if self.preset == "lctech":
+            return lctech_command(self.channel, False)
+        assert self.off_bytes is not None
+        return parse_byte_string(self.off_bytes, key="off_bytes")
+
 
 ActuatorConfig = Annotated[
-    Union[LogActuatorConfig, ModbusTcpActuatorConfig],
+    Union[LogActuatorConfig, ModbusTcpActuatorConfig, ModbusRtuActuatorConfig, PlcHandshakeActuatorConfig,
+          SerialRelayActuatorConfig],
     Field(discriminator="kind"),
 ]
+
+
+def serial_port_of(config: object) -> tuple[str, str] | None:
+    """(key path below the actuator, device path) of the serial port an actuator config uses, if any."""
+    if isinstance(config, (ModbusRtuActuatorConfig, SerialRelayActuatorConfig)):
+        return "port", config.port
+    if isinstance(config, PlcHandshakeActuatorConfig) and isinstance(config.link, ModbusRtuLinkConfig):
+        return "link.port", config.link.port
+    return None
+
+
+def check_actuator_ports(config: object, *, key: str = "reject.actuator") -> list[tuple[str, str, str]]:
+    """Machine checks that a schema cannot make: the serial port exists and can be opened for writing.
+    Returns (key path, value, message) per problem; empty when fine or when no serial port is used."""
+    found = serial_port_of(config)
+    if found is None:
+        return []
+    sub, port = found
+    path = f"{key}.{sub}"
+    if not os.path.exists(port):
+        return [(path, port, f"serial port {port} does not exist (is the adapter plugged in?)")]
+    if not os.access(port, os.R_OK | os.W_OK):
+        return [(path, port, f"serial port {port} is not readable/writable by this user "
+                             f"(add the user to the 'dialout' group)")]
+    return []

@@ -14,6 +14,9 @@ from station.actuators.base import Actuator
 REGISTRY = {
     "log": "station.actuators.log_output:LogActuator",
     "modbus_tcp": "station.actuators.modbus_tcp:ModbusTcpCoil",
+    "modbus_rtu": "station.actuators.modbus_rtu:ModbusRtuCoil",
+    "plc_handshake": "station.actuators.plc_handshake:PlcHandshake",
+    "serial_relay": "station.actuators.serial_relay:SerialRelay",
 }
 
 

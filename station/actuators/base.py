@@ -70,7 +70,9 @@ class Actuator(ABC):
     owns_timing: bool = False
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # Re-entrant so that an actuator's own housekeeping (tick, heartbeat) may take it whether or not
+        # the caller already holds it.
+        self.lock = threading.RLock()
         self.counters: Counter[str] = Counter()
         self.connected = False
         self.last_error: str | None = None
@@ -101,3 +103,98 @@ class Actuator(ABC):
     def note_failure(self, exc: ActuatorError) -> None:
         self.counters[f"error_{type(exc).__name__}"] += 1
         self.last_error = str(exc)
+
+
+class SwitchedOutput(Actuator):
+    """An on/off output (coil, relay) that is never knowingly left on.
+
+    Subclasses provide `_connect()`, `_write(on)` and `_disconnect()`. `open()` drives the output off;
+    an off that fails sets `off_pending`, and every `tick()` retries it (through the reconnect backoff)
+    until it succeeds, on top of whatever retries the caller makes; `close()` tries the off even while
+    the backoff would wait. `output_may_be_on` is what a health check should alarm on.
+    """
+
+    close_attempts = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state: bool | None = None  # last state the device confirmed; None: unknown
+        self.off_pending = False
+
+    @abstractmethod
+    def _connect(self) -> None:
+        """Open the transport now, ignoring any backoff; raise ActuatorError on failure."""
+
+    @abstractmethod
+    def _write(self, on: bool) -> None:
+        """Send one on/off command (reconnecting when the backoff allows); raise ActuatorError."""
+
+    @abstractmethod
+    def _disconnect(self) -> None:
+        """Release the transport; never raises."""
+
+    @abstractmethod
+    def _link_up(self) -> bool:
+        """Whether the transport is open right now."""
+
+    @property
+    def output_may_be_on(self) -> bool:
+        return self.off_pending or self.state is not False
+
+    def open(self) -> None:
+        # Until an off is confirmed the output counts as possibly on, so tick() keeps trying.
+        self.off_pending = True
+        try:
+            self._connect()
+        except ActuatorError as exc:
+            self.note_failure(exc)
+            self.connected = False
+            raise
+        self.set_output(False)
+
+    def set_output(self, on: bool) -> None:
+        try:
+            self._write(on)
+        except ActuatorError as exc:
+            self.note_failure(exc)
+            self.connected = self._link_up()
+            self.state = None
+            if not on:
+                self.off_pending = True
+                log.error("%s: output could not be switched off (will retry): %s", self.describe(), exc)
+            raise
+        self.connected = True
+        self.state = on
+        # A confirmed on also clears a pending off: the caller now owns switching it off again, and a
+        # retry from tick() must not cut that pulse short.
+        self.off_pending = False
+        self.counters["on" if on else "off"] += 1
+
+    def tick(self) -> None:
+        if not self.off_pending:
+            return
+        with self.lock:
+            if not self.off_pending:
+                return
+            try:
+                self.set_output(False)
+            except ActuatorError:
+                self.counters["off_retry_failed"] += 1
+            else:
+                self.counters["off_retry_ok"] += 1
+                log.warning("%s: output switched off after retrying", self.describe())
+
+    def close(self) -> None:
+        for attempt in range(self.close_attempts):
+            try:
+                if not self._link_up():
+                    self._connect()
+                self.set_output(False)
+                break
+            except ActuatorError as exc:
+                self.note_failure(exc)
+                if attempt + 1 == self.close_attempts:
+                    log.error("%s: could not switch the output off on close; it may still be ON: %s",
+                              self.describe(), exc)
+        self._disconnect()
+        self.connected = False

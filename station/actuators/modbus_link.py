@@ -1,6 +1,7 @@
 """One reused pymodbus client connection with capped reconnect backoff and error classification.
 
-Shared by every Modbus actuator (TCP or RTU, coil or registers). `call()` runs one request:
+Shared by every Modbus actuator (TCP or RTU, coil or registers); `tcp_link`/`rtu_link` build one from a
+config, and `ModbusCoil` is the coil output both `modbus_tcp` and `modbus_rtu` are made of. `call()` runs one request:
 transport trouble (refused, timeout, garbage, lost link) becomes `ActuatorTransportError` and drops
 the connection so the next call reconnects after the backoff; an exception reply from the device
 (`response.isError()`) becomes `ActuatorDeviceError` and keeps the link.
@@ -9,16 +10,20 @@ the connection so the next call reconnects after the backoff; an exception reply
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable
 
+from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.client.base import ModbusBaseSyncClient
 from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerType
 
 from station.actuators.base import (
     ActuatorDeviceError,
     ActuatorNotConnected,
     ActuatorTransportError,
     Backoff,
+    SwitchedOutput,
 )
 
 log = logging.getLogger("station.actuator.modbus")
@@ -26,8 +31,11 @@ log = logging.getLogger("station.actuator.modbus")
 
 class ModbusLink:
     def __init__(self, client_factory: Callable[[], ModbusBaseSyncClient], *, endpoint: str,
-                 reconnect_min_ms: float, reconnect_max_ms: float) -> None:
+                 reconnect_min_ms: float, reconnect_max_ms: float,
+                 precheck: Callable[[], str | None] | None = None) -> None:
         self._factory = client_factory
+        # Returns why a connect cannot work (e.g. the serial port is missing) before pymodbus tries.
+        self._precheck = precheck
         self.endpoint = endpoint
         self.client: ModbusBaseSyncClient | None = None
         self.backoff = Backoff(reconnect_min_ms / 1000.0, reconnect_max_ms / 1000.0)
@@ -44,6 +52,11 @@ class ModbusLink:
     def connect(self) -> None:
         """Open the connection now (ignores the backoff); raise ActuatorTransportError on failure."""
         self.drop()
+        problem = self._precheck() if self._precheck is not None else None
+        if problem is not None:
+            delay = self.backoff.failed()
+            self.transport_errors += 1
+            raise ActuatorTransportError(f"cannot connect to {self.endpoint}: {problem}; retry in {delay:.1f} s")
         client = self._factory()
         try:
             ok = client.connect()
@@ -99,3 +112,53 @@ class ModbusLink:
             code = getattr(response, "exception_code", None)
             raise ActuatorDeviceError(f"{what} to {self.endpoint}: device replied with exception code {code}")
         return response
+
+
+def tcp_link(cfg: Any) -> ModbusLink:
+    """A link to a Modbus TCP device from any config with host/port/device_id/timeout_ms/retries/reconnect_*."""
+    return ModbusLink(
+        lambda: ModbusTcpClient(cfg.host, port=cfg.port, timeout=cfg.timeout_ms / 1000.0,
+                                retries=cfg.retries, reconnect_delay=0, reconnect_delay_max=0),
+        endpoint=f"modbus_tcp://{cfg.host}:{cfg.port}/{cfg.device_id}",
+        reconnect_min_ms=cfg.reconnect_min_ms, reconnect_max_ms=cfg.reconnect_max_ms)
+
+
+def rtu_link(cfg: Any) -> ModbusLink:
+    """A link to a Modbus RTU device from any config with port/baudrate/parity/stopbits/bytesize/...."""
+
+    def precheck() -> str | None:
+        return None if os.path.exists(cfg.port) else f"serial port {cfg.port} does not exist"
+
+    return ModbusLink(
+        lambda: ModbusSerialClient(cfg.port, framer=FramerType.RTU, baudrate=cfg.baudrate, parity=cfg.parity,
+                                   stopbits=cfg.stopbits, bytesize=cfg.bytesize,
+                                   timeout=cfg.timeout_ms / 1000.0, retries=cfg.retries,
+                                   reconnect_delay=0, reconnect_delay_max=0),
+        endpoint=f"modbus_rtu://{cfg.port}@{cfg.baudrate}{cfg.parity}/{cfg.device_id}",
+        reconnect_min_ms=cfg.reconnect_min_ms, reconnect_max_ms=cfg.reconnect_max_ms, precheck=precheck)
+
+
+class ModbusCoil(SwitchedOutput):
+    """A coil pulsed by the reject scheduler, on any Modbus link (TCP or RTU)."""
+
+    def __init__(self, config: Any, link: ModbusLink, *, name: str = "reject") -> None:
+        super().__init__()
+        self.config = config
+        self.name = name
+        self.link = link
+
+    def describe(self) -> str:
+        return f"{self.link.endpoint} coil {self.config.coil}"
+
+    def _connect(self) -> None:
+        self.link.connect()
+
+    def _link_up(self) -> bool:
+        return self.link.connected
+
+    def _disconnect(self) -> None:
+        self.link.drop()
+
+    def _write(self, on: bool) -> None:
+        self.link.call(f"coil {self.config.coil} {'on' if on else 'off'}",
+                       lambda c: c.write_coil(self.config.coil, on, device_id=self.config.device_id))
