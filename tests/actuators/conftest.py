@@ -1,0 +1,114 @@
+"""Real components for the actuator tests: socat pty pairs standing in for serial cables (the simulated
+PLC fixture `sim_plc` and the thread-leak guard come from tests/conftest.py).
+
+A socat that is missing skips locally but fails under CI (`CI=true`): the tests must run there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+class PtyPair:
+    """Two linked pseudo-terminals made by socat: `a` is the station's port, `b` the device's end."""
+
+    def __init__(self, folder: Path) -> None:
+        self.a = str(folder / "station-port")
+        self.b = str(folder / "device-port")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 5.0) -> None:
+        self.proc = subprocess.Popen(
+            ["socat", f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while not (os.path.exists(self.a) and os.path.exists(self.b)):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"socat exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError("socat did not create its ptys")
+            time.sleep(0.01)
+
+    def kill(self) -> None:
+        """End this socat (by its own pid): both ptys vanish, like an unplugged USB adapter."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self.proc = None
+        deadline = time.monotonic() + 2.0
+        while (os.path.exists(self.a) or os.path.exists(self.b)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+@pytest.fixture
+def pty_pair(tmp_path: Path) -> Iterator[PtyPair]:
+    if shutil.which("socat") is None:
+        if _in_ci():
+            pytest.fail("socat is required for the serial tests (install it: apt-get install socat)")
+        pytest.skip("socat not installed")
+    pair = PtyPair(tmp_path)
+    pair.start()
+    yield pair
+    pair.kill()
+
+
+def _wait_until(t_ns: int) -> None:
+    while (left := t_ns - time.monotonic_ns()) > 0:
+        if left > 2_000_000:
+            time.sleep((left - 2_000_000) / 1e9)
+
+
+def pulse_parts(actuator, dues_ns: list[int], *, pulse_ms: float) -> list[dict]:
+    """The reject scheduler's job at its smallest: on at each due time, off pulse_ms later, in order.
+    Returns one outcome per part, like the trace log's actuator result: acknowledged / failed / not_sent."""
+    from station.actuators.base import ActuatorError, ActuatorNotConnected
+
+    outcomes = []
+    for due in dues_ns:
+        _wait_until(due)
+        fired = time.monotonic_ns()
+        outcome = {"due_ns": due, "fired_ns": fired, "result": "acknowledged", "error": None}
+        try:
+            with actuator.lock:
+                actuator.set_output(True)
+        except ActuatorNotConnected as exc:
+            outcome.update(result="not_sent", error=str(exc))
+        except ActuatorError as exc:
+            outcome.update(result="failed", error=str(exc))
+        outcomes.append(outcome)
+        if outcome["result"] == "not_sent":
+            continue
+        _wait_until(due + int(pulse_ms * 1e6))
+        try:
+            with actuator.lock:
+                actuator.set_output(False)
+        except ActuatorError as exc:
+            outcome["off_error"] = str(exc)
+        actuator.tick()  # what the station's housekeeping does every 100 ms: retries a pending off
+    return outcomes
+
+
+@pytest.fixture
+def fire_pulses():
+    return pulse_parts

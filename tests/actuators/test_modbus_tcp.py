@@ -1,0 +1,202 @@
+"""modbus_tcp coil actuator against pymodbus's own server on 127.0.0.1: pulses seen server-side, faults."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+from pymodbus.client import ModbusTcpClient
+from pymodbus.constants import ExcCodes
+
+from station.actuators import build_actuator
+from station.actuators.base import ActuatorDeviceError, ActuatorNotConnected, ActuatorTransportError
+from station.actuators.sim_server import start_sim_server
+from station.config_actuators import ModbusTcpActuatorConfig
+
+PULSE_MS = 25.0
+TOLERANCE_MS = 20.0  # generous: this box is shared with a training run; precise figures come from the bench
+
+
+def coil_actuator(port: int, **kw):
+    cfg = ModbusTcpActuatorConfig(host="127.0.0.1", port=port, coil=kw.pop("coil", 5), timeout_ms=300,
+                                  reconnect_min_ms=kw.pop("reconnect_min_ms", 100), reconnect_max_ms=400, **kw)
+    return build_actuator(cfg, name="reject")
+
+
+def test_100_parts_pulses_seen_by_the_plc_in_order_on_time_and_wide_enough(sim_plc, fire_pulses):
+    rng = random.Random(4)
+    gap_ns, delay_ns = 50_000_000, 100_000_000  # 20 parts/s, ejector 100 ms after the camera
+    t0 = time.monotonic_ns() + 100_000_000
+    defective = [rng.random() < 0.3 for _ in range(100)]
+    dues = [t0 + i * gap_ns + delay_ns for i, d in enumerate(defective) if d]
+    assert 15 < len(dues) < 50
+
+    act = coil_actuator(sim_plc.port)
+    act.open()
+    outcomes = fire_pulses(act, dues, pulse_ms=PULSE_MS)
+    act.close()
+
+    assert [o["result"] for o in outcomes] == ["acknowledged"] * len(dues)
+    pulses = sim_plc.pulses(5)
+    # open() drove the coil off once (no edge) and every reject made exactly one pulse, in part order.
+    assert len(pulses) == len(dues)
+    for (on_ns, off_ns), due in zip(pulses, dues):
+        assert 0 <= (on_ns - due) / 1e6 <= TOLERANCE_MS
+        assert abs((off_ns - on_ns) / 1e6 - PULSE_MS) <= TOLERANCE_MS
+    assert sim_plc.coil(5) is False
+    assert all(addr == 5 for _, addr, _ in sim_plc.coil_events)
+
+
+def test_open_and_close_drive_the_output_off(sim_plc):
+    with ModbusTcpClient("127.0.0.1", port=sim_plc.port) as other:
+        other.write_coil(5, True, device_id=1)  # latched on by whatever ran before
+    assert sim_plc.coil(5) is True
+    act = coil_actuator(sim_plc.port)
+    act.open()
+    assert sim_plc.coil(5) is False
+    act.set_output(True)
+    assert sim_plc.coil(5) is True
+    act.close()
+    assert sim_plc.coil(5) is False
+    assert sim_plc.coil_events[-1][1:] == (5, False)
+
+
+def test_off_that_fails_is_retried_until_the_plc_has_it(sim_plc):
+    act = coil_actuator(sim_plc.port)
+    act.open()
+    act.set_output(True)
+    port = sim_plc.port
+    sim_plc.stop()  # the PLC goes away while the ejector is out
+    with pytest.raises(ActuatorTransportError):
+        act.set_output(False)
+    assert act.off_pending and act.output_may_be_on
+    act.tick()  # still down: the retry fails (or waits out the backoff) and stays pending
+    assert act.off_pending
+    start_sim_server("127.0.0.1", port, record_into=sim_plc)
+    deadline = time.monotonic() + 5
+    while act.off_pending and time.monotonic() < deadline:
+        act.tick()
+        time.sleep(0.05)
+    assert not act.off_pending and not act.output_may_be_on
+    assert sim_plc.coil(5) is False
+    assert sim_plc.coil_events[-1][1:] == (5, False)
+    assert act.counters["off_retry_ok"] == 1
+    act.close()
+
+
+def test_server_stopped_and_restarted_mid_run(sim_plc, fire_pulses):
+    port = sim_plc.port
+    act = coil_actuator(port)
+    act.open()
+    t0 = time.monotonic_ns() + 50_000_000
+    dues = [t0 + i * 50_000_000 for i in range(50)]  # 2.5 s of rejects at 20 parts/s
+    restarted_ns: list[int] = []
+
+    def outage() -> None:
+        time.sleep(0.7)
+        sim_plc.stop()
+        time.sleep(0.6)
+        start_sim_server("127.0.0.1", port, record_into=sim_plc)
+        restarted_ns.append(time.monotonic_ns())
+
+    fault = threading.Thread(target=outage, name="test-outage")
+    fault.start()
+    outcomes = fire_pulses(act, dues, pulse_ms=PULSE_MS)
+    fault.join()
+    deadline = time.monotonic() + 3
+    while act.off_pending and time.monotonic() < deadline:
+        act.tick()
+        time.sleep(0.05)
+    act.close()
+
+    # Nothing lost: one outcome per part; parts during the outage are marked, with the reason.
+    assert len(outcomes) == len(dues)
+    undelivered = [o for o in outcomes if o["result"] != "acknowledged"]
+    assert undelivered and all(o["error"] for o in undelivered)
+    assert act.counters["error_ActuatorTransportError"] >= 1
+    assert act.link.reconnects >= 1
+    # Recovery: the parts due well after the restart all went out, one pulse each.
+    settled = restarted_ns[0] + 500_000_000  # restart + the capped backoff (400 ms) + margin
+    late_parts = [o for o in outcomes if o["due_ns"] >= settled]
+    assert late_parts and all(o["result"] == "acknowledged" for o in late_parts)
+    late_pulses = [p for p in sim_plc.pulses(5) if p[0] >= settled]
+    assert len(late_pulses) == len(late_parts)
+    # Every acknowledged "on" reached the PLC; an unacknowledged one at most may have (reply lost).
+    acked = sum(o["result"] == "acknowledged" for o in outcomes)
+    failed = sum(o["result"] == "failed" for o in outcomes)
+    on_writes = sum(1 for _, _, value in sim_plc.coil_events if value)
+    assert acked <= on_writes <= acked + failed
+    assert sim_plc.coil(5) is False
+
+
+def test_exception_replies_are_device_errors_and_keep_the_link():
+    plc = start_sim_server("127.0.0.1", 0, coils=16)
+    try:
+        act = coil_actuator(plc.port, coil=100)  # beyond the PLC's 16 coils
+        with pytest.raises(ActuatorDeviceError, match="exception code 2"):
+            act.open()
+        assert act.link.connected and act.link.transport_errors == 0
+        act.close()
+
+        act = coil_actuator(plc.port, coil=3)
+        act.open()
+        act.set_output(True)
+        plc.fail_writes_with = ExcCodes.DEVICE_FAILURE
+        with pytest.raises(ActuatorDeviceError, match="exception code 4"):
+            act.set_output(False)
+        assert act.off_pending and act.link.connected
+        plc.fail_writes_with = None
+        act.tick()
+        assert not act.off_pending and plc.coil(3) is False
+        assert act.link.device_errors == 1 and act.link.reconnects == 0
+        act.close()
+    finally:
+        plc.stop()
+
+
+def test_plc_down_at_start_then_reconnects_with_backoff(sim_plc):
+    port = sim_plc.port
+    sim_plc.stop()
+    act = coil_actuator(port, reconnect_min_ms=300)
+    with pytest.raises(ActuatorTransportError, match=f"127.0.0.1:{port}"):
+        act.open()
+    with pytest.raises(ActuatorNotConnected):
+        act.set_output(True)  # inside the backoff: nothing sent, and it says so
+    start_sim_server("127.0.0.1", port, record_into=sim_plc)
+    time.sleep(0.35)
+    act.tick()  # the off that open() could not deliver goes out first
+    assert not act.off_pending
+    act.set_output(True)
+    act.set_output(False)
+    act.close()
+    assert len(sim_plc.pulses(5)) == 1
+
+
+def test_garbage_reply_is_a_transport_error():
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def garbage() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(256)
+            conn.sendall(b"\xde\xad\xbe\xef not modbus at all\r\n")
+            time.sleep(0.5)
+
+    t = threading.Thread(target=garbage, name="test-garbage")
+    t.start()
+    act = coil_actuator(port)
+    try:
+        with pytest.raises(ActuatorTransportError):
+            act.open()
+        assert not act.link.connected and act.link.device_errors == 0
+    finally:
+        act.link.drop()
+        t.join()
+        srv.close()
