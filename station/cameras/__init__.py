@@ -15,6 +15,9 @@ from station.cameras.base import Camera
 REGISTRY = {
     "replay": "station.cameras.replay:ReplayCamera",
     "synthetic": "station.cameras.synthetic:SyntheticCamera",
+    "aravis": "station.cameras.aravis:AravisCamera",
+    "genicam": "station.cameras.genicam:GenicamCamera",
+    "opencv": "station.cameras.opencv_cam:OpenCvCamera",
 }
 
 

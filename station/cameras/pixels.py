@@ -13,7 +13,52 @@ import numpy as np
 _BAYER = {"bayer_rg8": ((0, 0), (1, 1)), "bayer_bg8": ((1, 1), (0, 0)),
           "bayer_gr8": ((0, 1), (1, 0)), "bayer_gb8": ((1, 0), (0, 1))}
 
-PIXEL_FORMATS = ("mono8", "mono16", "mono32", "rgb8", "bgr8", *_BAYER)
+# Mono formats whose significant bit depth is declared by the camera (GenICam Mono10/12/14/16, LSB
+# aligned in 16-bit words): scaled by that fixed depth, so a frame's brightness never depends on its
+# content. Plain "mono16" (16-bit image files of unknown depth) keeps the peak-based scaling.
+_MONO_BITS = {"mono10": 10, "mono12": 12, "mono14": 14, "mono16_full": 16}
+
+PIXEL_FORMATS = ("mono8", "mono16", "mono32", *_MONO_BITS, "rgb8", "bgr8", "rgba8", "bgra8", *_BAYER)
+
+# GenICam PFNC names -> station pixel format names (the formats the camera modules can convert).
+GENICAM_FORMATS = {
+    "Mono8": "mono8", "Mono10": "mono10", "Mono12": "mono12", "Mono14": "mono14", "Mono16": "mono16_full",
+    "RGB8": "rgb8", "RGB8Packed": "rgb8", "BGR8": "bgr8", "BGR8Packed": "bgr8",
+    "RGBa8": "rgba8", "BGRa8": "bgra8",
+    "BayerRG8": "bayer_rg8", "BayerBG8": "bayer_bg8", "BayerGR8": "bayer_gr8", "BayerGB8": "bayer_gb8",
+}
+# Bytes per pixel of each station format as it arrives in a camera buffer.
+BYTES_PER_PIXEL = {"mono8": 1, "mono10": 2, "mono12": 2, "mono14": 2, "mono16_full": 2, "mono16": 2,
+                   "rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, **{k: 1 for k in _BAYER}}
+
+
+def station_format(genicam_name: str) -> str:
+    """The station pixel format for a GenICam PixelFormat name; ValueError for one not supported."""
+    try:
+        return GENICAM_FORMATS[genicam_name]
+    except KeyError:
+        raise ValueError(f"camera pixel format {genicam_name!r} is not supported "
+                         f"(supported: {', '.join(GENICAM_FORMATS)})") from None
+
+
+def from_buffer(data: bytes | memoryview | np.ndarray, *, width: int, height: int, pixel_format: str) -> np.ndarray:
+    """Interpret a raw camera buffer (row-major, no padding) and convert it to the station layout."""
+    fmt = pixel_format.lower()
+    bpp = BYTES_PER_PIXEL.get(fmt)
+    if bpp is None:
+        raise ValueError(f"unknown pixel format {pixel_format!r} (known: {', '.join(BYTES_PER_PIXEL)})")
+    raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    need = width * height * bpp
+    if raw.size < need:
+        raise ValueError(f"{pixel_format} buffer holds {raw.size} bytes, expected {need} for {width}x{height}")
+    raw = raw[:need]
+    if bpp == 2:
+        arr = raw.view("<u2").reshape(height, width)
+    elif bpp == 1:
+        arr = raw.reshape(height, width)
+    else:
+        arr = raw.reshape(height, width, bpp)
+    return to_station_image(arr, fmt)
 
 
 def to_station_image(data: np.ndarray, pixel_format: str) -> np.ndarray:
@@ -33,6 +78,18 @@ def to_station_image(data: np.ndarray, pixel_format: str) -> np.ndarray:
         # Scale by the sensor's used bit depth (10/12/16-bit data all arrive as mono16).
         bits = max(8, int(np.ceil(np.log2(peak + 1)))) if peak > 0 else 8
         return np.ascontiguousarray((arr.astype(np.float32) * (255.0 / (2 ** bits - 1))).round().astype(np.uint8))
+    if fmt in _MONO_BITS:
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        _need(arr, 2, np.uint16, fmt)
+        shift = _MONO_BITS[fmt] - 8
+        # Values above the declared depth (a misconfigured camera) saturate instead of wrapping.
+        return np.ascontiguousarray(np.minimum(arr >> shift, 255).astype(np.uint8))
+    if fmt in ("rgba8", "bgra8"):
+        _need(arr, 3, np.uint8, fmt)
+        if arr.shape[2] != 4:
+            raise ValueError(f"{fmt} buffer has {arr.shape[2]} channels, expected 4")
+        return np.ascontiguousarray(arr[:, :, :3] if fmt == "rgba8" else arr[:, :, 2::-1])
     if fmt in ("rgb8", "bgr8"):
         _need(arr, 3, np.uint8, fmt)
         if arr.shape[2] != 3:
