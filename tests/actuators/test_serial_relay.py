@@ -1,0 +1,160 @@
+"""serial_relay over a socat pty pair: the exact bytes a relay board would get, their timing, a vanishing port."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import serial
+
+from station.actuators import build_actuator
+from station.actuators.base import ActuatorNotConnected, ActuatorTransportError
+from station.config_actuators import SerialRelayActuatorConfig
+
+ON = bytes.fromhex("A0 01 01 A2")
+OFF = bytes.fromhex("A0 01 00 A1")
+PULSE_MS = 40.0
+TOLERANCE_MS = 20.0
+
+
+class BoardEnd:
+    """The relay board's side of the cable: timestamps every chunk of bytes it receives."""
+
+    def __init__(self, path: str) -> None:
+        self.port = serial.Serial(path, 9600, timeout=0.02)
+        self.chunks: list[tuple[int, bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="test-relay-board")
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                # read(1) returns as soon as a byte is there (read(64) would wait out the timeout)
+                data = self.port.read(1)
+                if data and self.port.in_waiting:
+                    data += self.port.read(self.port.in_waiting)
+            except (serial.SerialException, OSError):
+                return
+            if data:
+                self.chunks.append((time.monotonic_ns(), data))
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(c for _, c in self.chunks)
+
+    def command_times(self, command: bytes) -> list[int]:
+        """Arrival time of each complete command (by the chunk that completed it)."""
+        times, buf = [], b""
+        for t, chunk in self.chunks:
+            buf += chunk
+            while command in buf:
+                times.append(t)
+                buf = buf[buf.index(command) + len(command):]
+        return times
+
+    def wait_for(self, n_bytes: int, timeout_s: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.data) < n_bytes and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.port.close()
+
+
+def relay(port: str, **kw):
+    cfg = SerialRelayActuatorConfig(port=port, reconnect_min_ms=100, reconnect_max_ms=400, **kw)
+    return build_actuator(cfg, name="reject")
+
+
+def test_lctech_preset_sends_exact_bytes_with_the_pulse_timing(pty_pair, fire_pulses):
+    board = BoardEnd(pty_pair.b)
+    act = relay(pty_pair.a, preset="lctech", channel=1)
+    try:
+        act.open()
+        t0 = time.monotonic_ns() + 100_000_000
+        dues = [t0 + i * 150_000_000 for i in range(5)]
+        outcomes = fire_pulses(act, dues, pulse_ms=PULSE_MS)
+        act.close()
+        board.wait_for(4 * (1 + 5 * 2 + 1))
+    finally:
+        board.close()
+    assert [o["result"] for o in outcomes] == ["acknowledged"] * 5
+    # off on open, five on/off pulses, off on close: nothing else on the wire.
+    assert board.data == OFF + (ON + OFF) * 5 + OFF
+    ons, offs = board.command_times(ON), board.command_times(OFF)[1:6]
+    for due, on_ns, off_ns in zip(dues, ons, offs):
+        assert 0 <= (on_ns - due) / 1e6 <= TOLERANCE_MS
+        assert abs((off_ns - on_ns) / 1e6 - PULSE_MS) <= TOLERANCE_MS
+
+
+def test_generic_bytes_from_the_yaml(pty_pair):
+    board = BoardEnd(pty_pair.b)
+    act = relay(pty_pair.a, preset="generic", on_bytes="FE 05 00 00 FF 00", off_bytes="0xFE,0x05,0x00,0x00,0x00,0x00",
+                baudrate=115200)
+    try:
+        act.open()
+        act.set_output(True)
+        act.close()
+        board.wait_for(18)
+    finally:
+        board.close()
+    assert board.data == bytes.fromhex("FE0500000000 FE050000FF00 FE0500000000")
+
+
+def test_lctech_channel_two_checksum(pty_pair):
+    board = BoardEnd(pty_pair.b)
+    act = relay(pty_pair.a, preset="lctech", channel=2)
+    try:
+        act.open()
+        act.set_output(True)
+        act.close()
+        board.wait_for(12)
+    finally:
+        board.close()
+    assert board.data == bytes.fromhex("A0 02 00 A2  A0 02 01 A3  A0 02 00 A2")
+
+
+def test_missing_port_is_a_clear_error_naming_it(tmp_path):
+    port = str(tmp_path / "ttyUSB7")
+    act = relay(port, preset="lctech")
+    with pytest.raises(ActuatorTransportError, match=f"serial port {port} does not exist"):
+        act.open()
+    act.close()
+
+
+def test_port_vanishes_mid_run_then_recovers(pty_pair):
+    board = BoardEnd(pty_pair.b)
+    act = relay(pty_pair.a, preset="lctech")
+    act.open()
+    act.set_output(True)
+    act.set_output(False)
+    board.wait_for(12)
+    board.close()
+    assert board.data == OFF + ON + OFF
+    pty_pair.kill()  # USB relay unplugged
+    with pytest.raises(ActuatorTransportError, match="failed"):
+        act.set_output(True)
+    assert not act.connected
+    with pytest.raises((ActuatorNotConnected, ActuatorTransportError)):
+        act.set_output(False)  # backing off, or the port is still missing
+    assert act.off_pending and act.output_may_be_on
+    pty_pair.start()  # plugged back in
+    board = BoardEnd(pty_pair.b)
+    try:
+        deadline = time.monotonic() + 5
+        while act.off_pending and time.monotonic() < deadline:
+            act.tick()  # the pending off goes out first, through the reopen backoff
+            time.sleep(0.05)
+        assert not act.off_pending
+        act.set_output(True)
+        act.set_output(False)
+        act.close()
+        board.wait_for(16)
+    finally:
+        board.close()
+    assert board.data == OFF + ON + OFF + OFF
+    assert act.counters["reconnects"] == 1

@@ -1,0 +1,34 @@
+"""The pulse timing benchmark measures real pulses on the simulated PLC (figures go in the issue note)."""
+
+from __future__ import annotations
+
+import pytest
+
+from station.actuators.timing_bench import format_result, percentiles, run_pulse_bench
+from station.config_actuators import ModbusTcpActuatorConfig, PlcHandshakeActuatorConfig
+
+
+def test_percentiles():
+    s = percentiles([float(i) for i in range(1, 101)])
+    assert (s["n"], s["p50"], s["p99"], s["max"], s["min"]) == (100, 51.0, 99.0, 100.0, 1.0)
+    assert percentiles([])["p50"] is None
+
+
+def test_coil_bench_counts_every_pulse_server_side():
+    result = run_pulse_bench(ModbusTcpActuatorConfig(coil=4), pulses=30, pulse_ms=10, gap_ms=30, simulate=True)
+    assert result["failures"] == 0 and result["simulated"]
+    assert result["server_pulses"] == 30
+    assert result["host_fire_lateness_ms"]["n"] == 30
+    assert 0 <= result["server_on_lateness_ms"]["p50"] < 20
+    assert abs(result["server_width_ms"]["p50"] - 10) < 20
+    assert "server_width" in format_result(result)
+
+
+def test_handshake_bench_counts_verdict_writes():
+    result = run_pulse_bench(PlcHandshakeActuatorConfig(heartbeat_ms=1000), pulses=20, gap_ms=20, simulate=True)
+    assert result["server_writes"] == 20 and result["failures"] == 0
+
+
+def test_pulse_must_fit_in_the_gap():
+    with pytest.raises(ValueError, match="pulse_ms"):
+        run_pulse_bench(ModbusTcpActuatorConfig(), pulses=1, pulse_ms=30, gap_ms=20)
