@@ -3,6 +3,8 @@
 Labels come from the sub-folder names (`def_front`/`ok_front` by default, or the YAML mapping).
 A file that cannot be decoded still stands for a part: it is delivered as a broken `Grab` so the
 part gets a `bad_frame` verdict, exactly as a corrupt camera buffer would.
+A folder written by `station record` (it holds `frames.jsonl`) is played in its recorded order with
+its recorded labels, and its broken parts are delivered as broken `Grab`s again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from station.cameras.base import Camera, CameraError, EndOfStream, Grab
 from station.cameras.pixels import to_station_image
+from station.cameras.recorder import MANIFEST, read_manifest
 from station.config_cameras import ReplayCameraConfig
 
 log = logging.getLogger("station.camera.replay")
@@ -52,6 +55,7 @@ class ReplayCamera(Camera):
         self.rate = config.rate_parts_per_s if rate_parts_per_s == "config" else rate_parts_per_s
         self.paced_by_pipeline = self.rate is None
         self._files: list[Path] = []
+        self._entries: list[dict] | None = None   # a `station record` manifest, when the folder has one
         self._video = None
         self._index = 0
         self._delivered = 0
@@ -70,7 +74,17 @@ class ReplayCamera(Camera):
 
     def open(self) -> None:
         path = self.config.path
-        if path.is_dir():
+        if path.is_dir() and (path / MANIFEST).is_file():
+            try:
+                self._entries = read_manifest(path)
+            except (OSError, ValueError) as exc:
+                raise CameraError(f"cannot read the recording manifest in {path}: {exc}") from exc
+            # A recording replays as recorded: its order is part of what was captured.
+            self._files = [path / e["file"] if e.get("file") else path / f"<broken part {e.get('index')}>"
+                           for e in self._entries]
+            if not self._files:
+                raise CameraError(f"recording {path} holds no parts")
+        elif path.is_dir():
             self._files = list_frames(path, order=self.config.order, seed=self.config.seed)
             if not self._files:
                 raise CameraError(f"replay folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -126,6 +140,8 @@ class ReplayCamera(Camera):
             self._index = 0
         path = self._files[self._index]
         self._index += 1
+        if self._entries is not None:
+            return self._recorded(self._entries[self._index - 1], path)
         source = str(path)
         label = self._label_for(path)
         try:
@@ -135,6 +151,22 @@ class ReplayCamera(Camera):
             log.warning("replay: cannot decode %s: %s", path, exc)
             return Grab(image=None, source=source, label=label, error=f"cannot decode {path.name}: {exc}")
         return Grab(image=image, source=source, label=label)
+
+    def _recorded(self, entry: dict, path: Path) -> Grab:
+        meta = {"recorded_t_capture_ns": entry.get("t_capture_ns"), "recorded_source": entry.get("source"),
+                "recorded_meta": entry.get("meta") or {}}
+        label = entry.get("label")
+        if not entry.get("file"):
+            return Grab(image=None, source=str(path), label=label, meta=meta,
+                        error=entry.get("error") or "recorded as a broken part")
+        try:
+            image = load_image(path)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+            self.counters["bad_files"] += 1
+            log.warning("replay: cannot decode %s: %s", path, exc)
+            return Grab(image=None, source=str(path), label=label, meta=meta,
+                        error=f"cannot decode {path.name}: {exc}")
+        return Grab(image=image, source=str(path), label=label, meta=meta)
 
     def _next_video(self) -> Grab:
         import cv2
