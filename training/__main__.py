@@ -1,0 +1,129 @@
+"""`python -m training {train,evaluate,export}`: the training package's command line.
+
+Bad input (an empty or single-class data folder, unreadable images, a weights file of the wrong
+architecture, a missing model) is reported as one clear line on stderr with exit code 2, before
+any training starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from station.artifact import ModelArtifactError
+from training.data import DataError
+from training.export import ExportError
+from training.model import WeightsError
+
+USAGE_ERRORS = (DataError, WeightsError, ModelArtifactError, ExportError, FileNotFoundError)
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True,
+                   help="data root holding train/<class>/ (and test/), or a class-per-folder training folder")
+    p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, logs and model.pt")
+    p.add_argument("--weights", default="imagenet",
+                   help="'imagenet' (torchvision download), a resnet18 state-dict FILE, or 'none' (from scratch)")
+    p.add_argument("--image-size", type=int, default=224, help="square model input size in pixels")
+    p.add_argument("--epochs", type=int, default=30, help="epoch budget (the LR schedule spans it)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step per process")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (peak of the schedule)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay")
+    p.add_argument("--lr-schedule", choices=("cosine", "onecycle", "constant"), default="cosine",
+                   help="per-step LR schedule over the epoch budget")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up (cosine schedule)")
+    p.add_argument("--patience", type=int, default=10, help="early stop after this many epochs without a "
+                   "better validation loss")
+    p.add_argument("--min-delta", type=float, default=0.0, help="improvement in val loss that counts")
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="fraction of the training folder held out for validation (stratified)")
+    p.add_argument("--seed", type=int, default=0, help="seed for split, init, shuffling, augmentation")
+    p.add_argument("--rotate-deg", type=float, default=180.0,
+                   help="augmentation: quarter turns/flips, plus a free rotation of up to a quarter of this")
+    p.add_argument("--brightness", type=float, default=0.2, help="augmentation: brightness jitter (+/-)")
+    p.add_argument("--contrast", type=float, default=0.2, help="augmentation: contrast jitter (+/-)")
+    p.add_argument("--target-escape-rate", type=float, default=0.0,
+                   help="validation escape rate the recommended threshold must meet")
+    p.add_argument("--max-threshold", type=float, default=0.5, help="upper cap on the recommended threshold")
+    p.add_argument("--workers", type=int, default=-1, help="DataLoader workers per process (-1: from the cores)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: cores / processes)")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on GPU")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.engine import train
+
+    train(args)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+
+    evaluate(model_path=args.model, data=args.data, report_dir=args.report, threshold=args.threshold,
+             batch_size=args.batch_size, split=args.split)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_run
+
+    import json
+
+    result = export_run(run_dir=args.run, out=args.out, metrics_path=args.metrics, onnx_path=args.onnx,
+                        half=not args.fp32, checkpoint=args.checkpoint)
+    print(json.dumps(result, indent=1))
+    if "onnx_max_abs_diff" in result:
+        print(f"ONNX vs torch max abs difference: {result['onnx_max_abs_diff']:.3g}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train ResNet-18 on a class-per-folder image tree", formatter_class=fmt)
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics, plots, Grad-CAM and report.md on the test split",
+                       formatter_class=fmt)
+    p.add_argument("--model", type=Path, required=True, help="model artifact (.pt) to evaluate")
+    p.add_argument("--data", type=Path, required=True, help="data root holding train/ and test/")
+    p.add_argument("--split", default="test", help="sub-folder of --data to evaluate")
+    p.add_argument("--report", type=Path, required=True, help="report folder (keep it outside the repo)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="decision threshold on p(defective) (default: the artifact's recommended one)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write the station artifact (+ ONNX) from a training run",
+                       formatter_class=fmt)
+    p.add_argument("--run", type=Path, required=True, help="training run folder (holds best.pt, summary.json)")
+    p.add_argument("--out", type=Path, required=True, help="artifact path to write (.pt)")
+    p.add_argument("--metrics", type=Path, default=None, help="metrics.json written by evaluate, to record")
+    p.add_argument("--onnx", type=Path, default=None, help="also write an ONNX file here")
+    p.add_argument("--checkpoint", default="best.pt", help="checkpoint file in the run folder")
+    p.add_argument("--fp32", action="store_true", help="store float32 weights (default: fp16, half the size)")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stdout)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USAGE_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

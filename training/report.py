@@ -1,0 +1,225 @@
+"""The evaluation report: confusion matrices, ROC/PR curves, threshold table, sample grid, Grad-CAM.
+
+Everything goes to one report folder with a `report.md` that embeds the images, escapes first.
+The PNGs of test images (sample grid, Grad-CAM overlays) are derived from the dataset's images, so
+the report folder belongs outside the repository (or in the git-ignored `reports/`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+from torch import nn  # noqa: E402
+
+from station.artifact import LoadedArtifact  # noqa: E402
+from training.data import Sample  # noqa: E402
+from training.threshold import threshold_table  # noqa: E402
+
+log = logging.getLogger("training.report")
+
+REPORT_FILES = ("report.md", "metrics.json", "confusion_test_full.png", "confusion_test_dedup.png",
+                "confusion.txt", "classification_report.txt", "roc.png", "pr.png", "threshold_table.md",
+                "threshold_table.csv", "sample_grid.png", "scores.npz")
+
+
+def grad_cam(model: nn.Module, image: torch.Tensor, target_index: int) -> np.ndarray:
+    """Grad-CAM heat map (HxW of the input, 0..1) for one CHW input and one output class."""
+    layer = getattr(model, "layer4", None)
+    if layer is None:
+        layer = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        store["act"] = output
+        output.register_hook(lambda grad: store.__setitem__("grad", grad))
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        model.eval()
+        with torch.enable_grad():
+            x = image.unsqueeze(0).float().requires_grad_(True)
+            logits = model(x)
+            model.zero_grad(set_to_none=True)
+            logits[0, target_index].backward()
+    finally:
+        handle.remove()
+    weights = store["grad"].mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * store["act"]).sum(dim=1))[0].detach()
+    cam = torch.nn.functional.interpolate(cam[None, None], size=image.shape[1:], mode="bilinear",
+                                          align_corners=False)[0, 0]
+    cam = cam - cam.min()
+    return (cam / cam.max()).numpy() if float(cam.max()) > 0 else cam.numpy()
+
+
+def _confusion_png(path: Path, confusion: list[list[int]], title: str) -> None:
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(np.asarray(confusion), cmap="Blues")
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, str(confusion[i][j]), ha="center", va="center", fontsize=14)
+    ax.set_xticks([0, 1], ["pred defective", "pred ok"])
+    ax.set_yticks([0, 1], ["true defective", "true ok"])
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _curves(report_dir: Path, variants: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    variants = {k: v for k, v in variants.items() if v[1].any() and (~v[1]).any()}
+    for name, (p, d) in variants.items():
+        fpr, tpr, _ = roc_curve(d, p)
+        ax.plot(fpr, tpr, label=name)
+    ax.set_xlabel("false positive rate (ok rejected)")
+    ax.set_ylabel("true positive rate (defective caught)")
+    ax.set_title("ROC, positive = defective")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(report_dir / "roc.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for name, (p, d) in variants.items():
+        precision, recall, _ = precision_recall_curve(d, p)
+        ax.plot(recall, precision, label=name)
+    ax.set_xlabel("recall (defective caught)")
+    ax.set_ylabel("precision")
+    ax.set_title("precision-recall, positive = defective")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(report_dir / "pr.png", dpi=110)
+    plt.close(fig)
+
+
+def _overlay(gray: np.ndarray, cam: np.ndarray | None, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(3.2, 3.4))
+    ax.imshow(gray, cmap="gray", vmin=0, vmax=255)
+    if cam is not None:
+        cam_img = np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize(gray.shape[::-1],
+                                                                                   Image.BILINEAR))
+        ax.imshow(cam_img, cmap="jet", alpha=0.4, vmin=0, vmax=255)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _sample_grid(path: Path, order: Sequence[int], images: Sequence[np.ndarray], p_defect: np.ndarray,
+                 is_defect: np.ndarray, threshold: float) -> None:
+    cols = 6
+    rows = max(1, (len(order) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2, rows * 2.2), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, order):
+        wrong = (p_defect[i] >= threshold) != is_defect[i]
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{'DEF' if is_defect[i] else 'ok'}  p={p_defect[i]:.3f}", fontsize=8,
+                     color="red" if wrong else "black")
+    fig.suptitle(f"true class, p(defective); red = wrong at threshold {threshold:.3f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(report_dir: Path, *, metrics: dict[str, Any], artifact: LoadedArtifact,
+                 samples: Sequence[Sample], images: Sequence[np.ndarray], p_defect: np.ndarray,
+                 is_defect: np.ndarray, leaked: np.ndarray) -> None:
+    meta = artifact.metadata
+    t = metrics["threshold"]
+    keep = ~leaked
+    variants = {"test_full": (p_defect, is_defect), "test_dedup": (p_defect[keep], is_defect[keep])}
+    text = []
+    for name in variants:
+        m = metrics[name]
+        _confusion_png(report_dir / f"confusion_{name}.png", m["confusion"],
+                       f"{name}: {m['n']} images, threshold {t:.3f}")
+        text.append(f"{name} ({m['n']} images, threshold {t:.4f})\n"
+                    f"                 pred defective  pred ok\n"
+                    f"true defective   {m['confusion'][0][0]:>14}  {m['confusion'][0][1]:>7}   <- escapes\n"
+                    f"true ok          {m['confusion'][1][0]:>14}  {m['confusion'][1][1]:>7}\n"
+                    f"                 ^ false rejects\n")
+    (report_dir / "confusion.txt").write_text("\n".join(text))
+    (report_dir / "classification_report.txt").write_text("\n".join(
+        f"{name} (threshold {t:.4f})\n{metrics[name]['classification_report']}" for name in variants))
+    _curves(report_dir, variants)
+    table = threshold_table(p_defect, is_defect, extra=(t,))
+    table_dedup = {r["threshold"]: r for r in threshold_table(p_defect[keep], is_defect[keep], extra=(t,))}
+    lines = ["| threshold | escapes (full) | false rejects (full) | accuracy (full) | escapes (dedup) | "
+             "false rejects (dedup) | accuracy (dedup) |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    csv = ["threshold,escapes_full,false_rejects_full,accuracy_full,escapes_dedup,false_rejects_dedup,"
+           "accuracy_dedup"]
+    for r in table:
+        d = table_dedup[r["threshold"]]
+        mark = " (recommended)" if abs(r["threshold"] - t) < 1e-12 else ""
+        lines.append(f"| {r['threshold']:.4f}{mark} | {r['escapes']} | {r['false_rejects']} | "
+                     f"{r['accuracy']:.4f} | {d['escapes']} | {d['false_rejects']} | {d['accuracy']:.4f} |")
+        csv.append(f"{r['threshold']},{r['escapes']},{r['false_rejects']},{r['accuracy']:.6f},"
+                   f"{d['escapes']},{d['false_rejects']},{d['accuracy']:.6f}")
+    (report_dir / "threshold_table.md").write_text("\n".join(lines) + "\n")
+    (report_dir / "threshold_table.csv").write_text("\n".join(csv) + "\n")
+
+    wrong = np.flatnonzero((p_defect >= t) != is_defect)
+    # Escapes first, then false rejects, then the closest calls of each class.
+    escapes = [int(i) for i in wrong if is_defect[i]]
+    false_rejects = [int(i) for i in wrong if not is_defect[i]]
+    margin = np.abs(p_defect - t)
+    close = [int(i) for i in np.argsort(margin) if int(i) not in set(wrong)]
+    order = (escapes + false_rejects + close)[:max(24, len(wrong))]
+    _sample_grid(report_dir / "sample_grid.png", order, images, p_defect, is_defect, t)
+
+    cam_files = []
+    for i in escapes + false_rejects:
+        kind = "escape" if is_defect[i] else "false_reject"
+        name = f"gradcam_{kind}_{samples[i].path.stem}.png"
+        x = meta.preprocess.pil_to_tensor(Image.fromarray(images[i]))
+        cam = grad_cam(artifact.model, x, meta.defective_index)
+        _overlay(images[i], cam, f"{kind}: {samples[i].path.parent.name}/{samples[i].path.name}\n"
+                 f"p(defective)={p_defect[i]:.4f}, threshold {t:.4f}", report_dir / name)
+        cam_files.append((kind, samples[i], float(p_defect[i]), bool(leaked[i]), name))
+    _write_markdown(report_dir, metrics, artifact, cam_files)
+
+
+def _write_markdown(report_dir: Path, metrics: dict[str, Any], artifact: LoadedArtifact,
+                    cam_files: list[tuple[str, Sample, float, bool, str]]) -> None:
+    t = metrics["threshold"]
+    md = [f"# Evaluation report: {artifact.model_id}", "",
+          f"Model `{metrics['model']}` (sha256 `{metrics['model_sha256'][:16]}`), split `{metrics['split']}` "
+          f"(fingerprint `{metrics['test_fingerprint'][:16]}`), threshold {t:.4f} "
+          f"({metrics['threshold_source']}). A part is rejected when p(defective) >= threshold.", "",
+          f"`test_dedup` drops the {metrics['leaked_test_images']} test images whose bytes also appear in the "
+          f"training folder ({metrics['leaked_by_class']}).", "",
+          "| variant | images | **escapes** (defective passed) | false rejects | accuracy | escapes @0.5 | "
+          "false rejects @0.5 | ROC AUC | AP |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in ("test_full", "test_dedup"):
+        m = metrics[name]
+        auc = f"{m['roc_auc']:.5f}" if m["roc_auc"] is not None else "-"
+        ap = f"{m['average_precision']:.5f}" if m["average_precision"] is not None else "-"
+        md.append(f"| {name} | {m['n']} | **{m['escapes']}** / {m['n_defective']} | {m['false_rejects']} / "
+                  f"{m['n_ok']} | {m['accuracy']:.4%} | {m['at_0_5']['escapes']} | "
+                  f"{m['at_0_5']['false_rejects']} | {auc} | {ap} |")
+    md += ["", "## Confusion matrices", "", "![full](confusion_test_full.png) ![dedup](confusion_test_dedup.png)",
+           "", "```", (report_dir / "confusion.txt").read_text(), "```", "",
+           "## Classification report", "", "```", (report_dir / "classification_report.txt").read_text(),
+           "```", "", "## Threshold table (escapes first)", "", (report_dir / "threshold_table.md").read_text(),
+           "", "## Curves", "", "![ROC](roc.png) ![PR](pr.png)", "",
+           "## Sample predictions (misclassified first, then the closest calls)", "",
+           "![samples](sample_grid.png)", "", "## Misclassified images (Grad-CAM for the defective class)", ""]
+    if not cam_files:
+        md.append("None at this threshold.")
+    for kind, sample, p, leaked, name in cam_files:
+        md += [f"### {kind}: `{sample.path.parent.name}/{sample.path.name}` p(defective)={p:.4f}"
+               + (" (also in training folder)" if leaked else ""), "", f"![{name}]({name})", ""]
+    (report_dir / "report.md").write_text("\n".join(md) + "\n")
