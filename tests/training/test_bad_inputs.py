@@ -1,0 +1,57 @@
+"""Bad input is a clear one-line error (exit code 2) before training starts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from station.artifact import TinyNet
+from training.__main__ import main
+
+
+def _train(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--out", str(out), "--weights", "none", "--epochs", "1",
+            "--image-size", "32", "--no-progress", *extra]
+
+
+def _expect_error(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "data").mkdir()
+    _expect_error(_train(tmp_path / "data", tmp_path / "run"), capsys, "holds no images")
+    assert not (tmp_path / "run").exists()
+
+
+def test_single_class(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copytree(tiny_data / "train" / "ok_front", tmp_path / "data" / "ok_front")
+    _expect_error(_train(tmp_path / "data", tmp_path / "run"), capsys, "only one class", "ok_front")
+
+
+def test_unreadable_image(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "train", data)
+    (data / "def_front" / "broken.jpeg").write_bytes(b"not a jpeg at all")
+    _expect_error(_train(data, tmp_path / "run"), capsys, "unreadable image", "broken.jpeg")
+
+
+def test_wrong_architecture_weights(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = tmp_path / "tinynet.pth"
+    torch.save(TinyNet(2).state_dict(), weights)
+    argv = _train(tiny_data, tmp_path / "run")
+    argv[argv.index("--weights") + 1] = str(weights)
+    _expect_error(argv, capsys, "is not a resnet18 checkpoint")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_missing_model_for_evaluate(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _expect_error(["evaluate", "--model", str(tmp_path / "nope.pt"), "--data", str(tiny_data),
+                   "--report", str(tmp_path / "r")], capsys, "does not exist")
