@@ -1,0 +1,151 @@
+"""Real components for the camera tests: Aravis' fake GigE Vision camera, the GenTL producer that the
+`genicam` wheel ships (through harvesters), and OpenCV for video files written by the tests.
+
+A missing component skips a test locally, with the reason, and fails it under CI (`CI=true`).
+The fake camera binds the GigE Vision port on 127.0.0.1, so only one can run per machine: the
+fixture takes a machine-wide lock file, gives its camera a serial unique to this test process and
+checks that the camera it reaches is its own. It stops the camera by the pid it started.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+FAKE_GV = "arv-fake-gv-camera-0.8"
+FAKE_GV_ADDRESS = "127.0.0.1"
+LOCK_FILE = Path("/tmp/station-tests-arv-fake-gv.lock")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def need(available: bool, what: str) -> None:
+    """Skip locally, fail in CI, when a real component a test needs is missing."""
+    if available:
+        return
+    if in_ci():
+        pytest.fail(f"{what} is missing; CI must install it (see .ci/run)")
+    pytest.skip(f"{what} is not installed here")
+
+
+def aravis_available() -> tuple[bool, str]:
+    try:
+        import gi
+
+        gi.require_version("Aravis", "0.8")
+        from gi.repository import Aravis  # noqa: F401
+    except (ImportError, ValueError) as exc:
+        return False, f"Aravis Python bindings (PyGObject + gir1.2-aravis-0.8): {exc}"
+    return True, ""
+
+
+def viky_producer() -> Path | None:
+    """The simulated GenTL producer shipped inside the `genicam` wheel."""
+    try:
+        import genicam
+    except ImportError:
+        return None
+    found = sorted(glob.glob(os.path.join(os.path.dirname(genicam.__file__), "*.cti")))
+    return Path(found[0]) if found else None
+
+
+class FakeGvCamera:
+    """One `arv-fake-gv-camera-0.8 -i 127.0.0.1 -s SERIAL` process that a test can kill and restart."""
+
+    def __init__(self, serial: str) -> None:
+        self.serial = serial
+        self.address = FAKE_GV_ADDRESS
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        last_error = ""
+        while time.monotonic() < deadline:
+            self.proc = subprocess.Popen([FAKE_GV, "-i", self.address, "-s", self.serial],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(0.3)
+            if self.proc.poll() is None and self._answers():
+                return
+            if self.proc.poll() is not None:
+                last_error = (self.proc.stderr.read() if self.proc.stderr else b"").decode().strip()
+            self.stop()
+            time.sleep(0.5)   # the port may still be held by a camera another process is stopping
+        raise RuntimeError(f"{FAKE_GV} did not start on {self.address}: {last_error or 'no answer'}")
+
+    def _answers(self) -> bool:
+        import gi
+
+        gi.require_version("Aravis", "0.8")
+        from gi.repository import Aravis, GLib
+
+        try:
+            camera = Aravis.Camera.new(self.address)
+            return camera.get_device_serial_number() == self.serial
+        except GLib.Error:
+            return False
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        if proc.stderr:
+            proc.stderr.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def fake_gv() -> Iterator[FakeGvCamera]:
+    ok, why = aravis_available()
+    need(ok, why)
+    need(shutil.which(FAKE_GV) is not None, f"{FAKE_GV} (Debian package aravis-tools)")
+    with LOCK_FILE.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # one fake camera per machine: wait for other test runs
+        camera = FakeGvCamera(serial=f"ST{os.getpid() % 100000}")
+        camera.start()
+        try:
+            yield camera
+        finally:
+            camera.stop()
+            from station.cameras.aravis import join_release_threads
+
+            join_release_threads(timeout_s=20.0)
+
+
+@pytest.fixture
+def viky_cti() -> Path:
+    try:
+        import harvesters.core  # noqa: F401
+    except ImportError as exc:
+        need(False, f"harvesters ({exc})")
+    cti = viky_producer()
+    need(cti is not None, "the simulated GenTL producer of the genicam wheel (pip install harvesters)")
+    assert cti is not None
+    return cti
+
+
+@pytest.fixture
+def cv2_module():
+    try:
+        import cv2
+    except ImportError:
+        need(False, "OpenCV (pip install opencv-python-headless)")
+    return cv2
