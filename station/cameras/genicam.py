@@ -100,12 +100,12 @@ class GenicamCamera(StreamingCamera):
         if not producers:
             raise CameraError("no GenTL producer: set camera.producers or GENICAM_GENTL64_PATH")
         harvester = harvester_cls()
+        self._harvester = harvester
         try:
             for cti in producers:
                 harvester.add_file(str(cti), check_existence=True)
             harvester.update()
             index = self._select(harvester.device_info_list)
-            self._harvester = harvester
             self._ia = harvester.create(index)
             self._ia.num_buffers = self.config.buffer_count
             self._configure()
