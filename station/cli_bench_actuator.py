@@ -1,7 +1,7 @@
 """`station bench-actuator` (or `station bench --actuator KIND`): pulse timing of one reject actuator.
 
 Fires N pulses at a fixed period through the real actuator module and prints lateness p50/p99/max on the
-host side and, with `--simulate`, what the simulated PLC on 127.0.0.1 saw (on-edge lateness, pulse width).
+host side and, with `--simulate`, what the simulated device saw (on-edge lateness, pulse width).
 The actuator comes from a station YAML (`-c`: its reject.actuator, or alarm.actuator with --output alarm)
 or is the KIND's default config. See station.actuators.timing_bench.
 """
@@ -30,7 +30,8 @@ def add_actuator_bench_arguments(parser: argparse.ArgumentParser, *, required: b
     parser.add_argument("--output", choices=("reject", "alarm"), default="reject",
                         help="which output of --actuator-config")
     parser.add_argument("--simulate", action="store_true",
-                        help="start the simulated PLC (pymodbus server) on 127.0.0.1 and point the actuator at it")
+                        help="start a simulated device and point the actuator at it: the pymodbus server on 127.0.0.1 "
+                             "(TCP), or behind a socat pty pair (RTU); a byte recorder for serial_relay")
     parser.add_argument("--pulses", type=int, default=1000, help="number of pulses")
     parser.add_argument("--pulse-ms", type=float, default=10.0, help="pulse width, ms")
     parser.add_argument("--gap-ms", type=float, default=25.0, help="period between pulse starts, ms")
@@ -54,7 +55,13 @@ def _actuator_config(args: argparse.Namespace) -> object:
             raise ValueError(f"{args.actuator_config_file}: {args.output}.actuator is "
                              f"{getattr(act, 'kind', None)!r}, not {args.actuator!r}")
         return act
-    return TypeAdapter(ActuatorConfig).validate_python({"kind": args.actuator})
+    data: dict[str, object] = {"kind": args.actuator}
+    if args.simulate and args.actuator in ("modbus_rtu", "serial_relay"):
+        data["port"] = "simulated"  # replaced by the socat pty the simulation creates
+        data["baudrate"] = 115200
+    if args.actuator == "serial_relay":
+        data["preset"] = "lctech"
+    return TypeAdapter(ActuatorConfig).validate_python(data)
 
 
 def run_bench_actuator(args: argparse.Namespace) -> int:

@@ -3,20 +3,32 @@
 `run_pulse_bench` fires `pulses` pulses at a fixed period, each due at a planned monotonic time, with the
 same wait-then-spin timing the reject scheduler uses, and reports lateness percentiles on the host side
 (fired = the command started; ack = the device confirmed it) and, with `simulate=True`, on the server
-side too: the simulated PLC on 127.0.0.1 timestamps every coil write with the same monotonic clock, so
-its on-edge minus due and off-edge minus on-edge are the lateness and the width the device saw.
+side too: the simulated PLC on 127.0.0.1 (or, for RTU, behind a socat pty pair) timestamps every coil
+write with the same monotonic clock, so its on-edge minus due and off-edge minus on-edge are the lateness
+and the width the device saw; for a serial relay a recorder on the board's end of the pty pair
+timestamps the on/off byte commands.
 For `plc_handshake` (the PLC owns timing) each "pulse" is one verdict write.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from station.actuators import build_actuator
 from station.actuators.base import Actuator, ActuatorError
-from station.config_actuators import ModbusTcpActuatorConfig, ModbusTcpLinkConfig, PlcHandshakeActuatorConfig
+from station.actuators.sim_server import SerialBytesRecorder
+from station.config_actuators import (
+    ModbusRtuActuatorConfig,
+    ModbusRtuLinkConfig,
+    ModbusTcpActuatorConfig,
+    ModbusTcpLinkConfig,
+    PlcHandshakeActuatorConfig,
+    SerialRelayActuatorConfig,
+)
 from station.records import Decision, Reason, Verdict
 
 log = logging.getLogger("station.actuator.bench")
@@ -51,34 +63,65 @@ def simulated_config(config: Any, port: int) -> Any:
         return config.model_copy(update={"host": "127.0.0.1", "port": port})
     if isinstance(config, PlcHandshakeActuatorConfig) and isinstance(config.link, ModbusTcpLinkConfig):
         return config.model_copy(update={"link": config.link.model_copy(update={"host": "127.0.0.1", "port": port})})
-    raise ValueError(f"--simulate supports modbus_tcp and plc_handshake over tcp, not {getattr(config, 'kind', config)}")
+    raise ValueError(f"no TCP simulation for {getattr(config, 'kind', config)}")
+
+
+def _simulate(config: Any, stack: ExitStack) -> tuple[Any, Any]:
+    """Start the simulated device for `config`; return (config pointed at it, the simulation handle).
+    TCP: the pymodbus server on 127.0.0.1. RTU: the pymodbus RTU server behind a socat pty pair.
+    Serial relay: a socat pty pair with a byte recorder on the board's end."""
+    from station.actuators import sim_server
+
+    if isinstance(config, ModbusRtuActuatorConfig) or (
+            isinstance(config, PlcHandshakeActuatorConfig) and isinstance(config.link, ModbusRtuLinkConfig)):
+        pair = _pty_pair(stack)
+        link = config.link if isinstance(config, PlcHandshakeActuatorConfig) else config
+        sim = sim_server.start_sim_serial_server(pair.b, baudrate=link.baudrate, parity=link.parity,
+                                                 stopbits=link.stopbits, bytesize=link.bytesize)
+        stack.callback(sim.stop)
+        if isinstance(config, PlcHandshakeActuatorConfig):
+            return config.model_copy(update={"link": link.model_copy(update={"port": pair.a})}), sim
+        return config.model_copy(update={"port": pair.a}), sim
+    if isinstance(config, SerialRelayActuatorConfig):
+        pair = _pty_pair(stack)
+        recorder = sim_server.SerialBytesRecorder(pair.b, baudrate=config.baudrate)
+        stack.callback(recorder.close)
+        return config.model_copy(update={"port": pair.a}), recorder
+    sim = sim_server.start_sim_server()
+    stack.callback(sim.stop)
+    return simulated_config(config, sim.port), sim
+
+
+def _pty_pair(stack: ExitStack) -> Any:
+    from station.actuators.sim_server import SocatPtyPair
+
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="station-bench-"))
+    pair = SocatPtyPair(folder).start()
+    stack.callback(pair.kill)
+    return pair
 
 
 def run_pulse_bench(actuator_config: Any, *, pulses: int = 1000, pulse_ms: float = 10.0, gap_ms: float = 25.0,
                     simulate: bool = False, sim: Any = None) -> dict[str, Any]:
     """Fire `pulses` pulses of `pulse_ms`, one every `gap_ms`; return lateness/width statistics in ms.
 
-    `simulate`: start the simulated PLC on 127.0.0.1 and point the config at it. `sim`: an already running
-    `SimPlcHandle` the config points at (tests), used for the server-side figures.
+    `simulate`: start the simulated device and point the config at it (RTU and serial relay need socat).
+    `sim`: an already running `SimPlcHandle` / `SerialBytesRecorder` the config points at, for the
+    server-side figures.
     """
     if pulse_ms >= gap_ms:
         raise ValueError(f"pulse_ms ({pulse_ms:g}) must be shorter than gap_ms ({gap_ms:g})")
-    own_sim = None
-    if simulate and sim is None:
-        from station.actuators.sim_server import start_sim_server
-
-        own_sim = sim = start_sim_server()
-        actuator_config = simulated_config(actuator_config, sim.port)
-    actuator: Actuator = build_actuator(actuator_config, name="bench")
-    try:
-        with actuator.lock:
-            actuator.open()
-        result = _bench(actuator, sim, pulses=pulses, pulse_ns=int(pulse_ms * 1e6), gap_ns=int(gap_ms * 1e6))
-    finally:
-        with actuator.lock:
-            actuator.close()
-        if own_sim is not None:
-            own_sim.stop()
+    with ExitStack() as stack:
+        if simulate and sim is None:
+            actuator_config, sim = _simulate(actuator_config, stack)
+        actuator: Actuator = build_actuator(actuator_config, name="bench")
+        try:
+            with actuator.lock:
+                actuator.open()
+            result = _bench(actuator, sim, pulses=pulses, pulse_ns=int(pulse_ms * 1e6), gap_ns=int(gap_ms * 1e6))
+        finally:
+            with actuator.lock:
+                actuator.close()
     result.update(kind=actuator.kind, target=actuator.describe(), pulses=pulses, pulse_ms=pulse_ms, gap_ms=gap_ms,
                   simulated=sim is not None)
     return result
@@ -90,7 +133,7 @@ def _bench(actuator: Actuator, sim: Any, *, pulses: int, pulse_ns: int, gap_ns: 
     off_fire_ms: list[float] = []
     dues: list[int] = []
     failures = 0
-    events_before = len(sim.register_writes if actuator.owns_timing else sim.coil_events) if sim else 0
+    events_before = _event_count(actuator, sim)
     t0 = time.monotonic_ns() + 200_000_000
     for i in range(pulses):
         due = t0 + i * gap_ns
@@ -132,7 +175,29 @@ def _bench(actuator: Actuator, sim: Any, *, pulses: int, pulse_ns: int, gap_ns: 
     return out
 
 
+def _event_count(actuator: Actuator, sim: Any) -> int:
+    if sim is None:
+        return 0
+    if isinstance(sim, SerialBytesRecorder):
+        return len(sim.chunks)
+    return len(sim.register_writes if actuator.owns_timing else sim.coil_events)
+
+
+def _edges_widths(edges: list[tuple[int, int]], dues: list[int], pulse_ns: int) -> dict[str, Any]:
+    on_late = [(on - due) / 1e6 for (on, _off), due in zip(edges, dues)]
+    widths = [(off - on) / 1e6 for on, off in edges]
+    return {"server_on_lateness_ms": percentiles(on_late), "server_width_ms": percentiles(widths),
+            "server_width_error_ms": percentiles([abs(w - pulse_ns / 1e6) for w in widths]),
+            "server_pulses": len(edges)}
+
+
 def _server_side(actuator: Actuator, sim: Any, dues: list[int], events_before: int, pulse_ns: int) -> dict[str, Any]:
+    if isinstance(sim, SerialBytesRecorder):
+        relay = getattr(actuator, "config")
+        sim.wait_for(len(sim.data) + 1, timeout_s=0.3)  # let the last off arrive
+        ons = sim.command_times(relay.on_command)
+        offs = sim.command_times(relay.off_command)[1:]  # the first off is open()'s
+        return _edges_widths(list(zip(ons, offs)), dues, pulse_ns)
     if actuator.owns_timing:
         from station.actuators.plc_handshake import PART_SEQ_LO
 
@@ -151,11 +216,7 @@ def _server_side(actuator: Actuator, sim: Any, dues: list[int], events_before: i
         else:
             edges.append((on_ns, t_ns))
         state = value
-    on_late = [(on - due) / 1e6 for (on, _off), due in zip(edges, dues)]
-    widths = [(off - on) / 1e6 for on, off in edges]
-    return {"server_on_lateness_ms": percentiles(on_late), "server_width_ms": percentiles(widths),
-            "server_width_error_ms": percentiles([abs(w - pulse_ns / 1e6) for w in widths]),
-            "server_pulses": len(edges)}
+    return _edges_widths(edges, dues, pulse_ns)
 
 
 def _bench_verdict(i: int, now_ns: int) -> Verdict:
@@ -168,7 +229,7 @@ def _bench_verdict(i: int, now_ns: int) -> Verdict:
 def format_result(result: dict[str, Any]) -> str:
     """The benchmark as a small text table."""
     lines = [f"actuator {result['kind']} -> {result['target']}"
-             f"{' (simulated PLC on 127.0.0.1)' if result['simulated'] else ''}",
+             f"{' (simulated device)' if result['simulated'] else ''}",
              f"{result['pulses']} pulses of {result['pulse_ms']:g} ms every {result['gap_ms']:g} ms, "
              f"failures: {result['failures']}",
              f"{'measure (ms)':<28}{'n':>6}{'p50':>9}{'p99':>9}{'max':>9}"]

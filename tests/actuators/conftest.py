@@ -8,66 +8,26 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from station.actuators.sim_server import SocatPtyPair
+
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-class PtyPair:
-    """Two linked pseudo-terminals made by socat: `a` is the station's port, `b` the device's end."""
-
-    def __init__(self, folder: Path) -> None:
-        self.a = str(folder / "station-port")
-        self.b = str(folder / "device-port")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout_s: float = 5.0) -> None:
-        self.proc = subprocess.Popen(
-            ["socat", f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout_s
-        while not (os.path.exists(self.a) and os.path.exists(self.b)):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"socat exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError("socat did not create its ptys")
-            time.sleep(0.01)
-
-    def kill(self) -> None:
-        """End this socat (by its own pid): both ptys vanish, like an unplugged USB adapter."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-        self.proc = None
-        deadline = time.monotonic() + 2.0
-        while (os.path.exists(self.a) or os.path.exists(self.b)) and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-
 @pytest.fixture
-def pty_pair(tmp_path: Path) -> Iterator[PtyPair]:
+def pty_pair(tmp_path: Path) -> Iterator[SocatPtyPair]:
     if shutil.which("socat") is None:
         if _in_ci():
             pytest.fail("socat is required for the serial tests (install it: apt-get install socat)")
         pytest.skip("socat not installed")
-    pair = PtyPair(tmp_path)
+    pair = SocatPtyPair(tmp_path)
     pair.start()
     yield pair
     pair.kill()

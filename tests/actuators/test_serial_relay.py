@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
-import serial
 
 from station.actuators import build_actuator
 from station.actuators.base import ActuatorNotConnected, ActuatorTransportError
+from station.actuators.sim_server import SerialBytesRecorder
 from station.config_actuators import SerialRelayActuatorConfig
 
 ON = bytes.fromhex("A0 01 01 A2")
@@ -18,60 +17,13 @@ PULSE_MS = 40.0
 TOLERANCE_MS = 20.0
 
 
-class BoardEnd:
-    """The relay board's side of the cable: timestamps every chunk of bytes it receives."""
-
-    def __init__(self, path: str) -> None:
-        self.port = serial.Serial(path, 9600, timeout=0.02)
-        self.chunks: list[tuple[int, bytes]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, name="test-relay-board")
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            try:
-                # read(1) returns as soon as a byte is there (read(64) would wait out the timeout)
-                data = self.port.read(1)
-                if data and self.port.in_waiting:
-                    data += self.port.read(self.port.in_waiting)
-            except (serial.SerialException, OSError):
-                return
-            if data:
-                self.chunks.append((time.monotonic_ns(), data))
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(c for _, c in self.chunks)
-
-    def command_times(self, command: bytes) -> list[int]:
-        """Arrival time of each complete command (by the chunk that completed it)."""
-        times, buf = [], b""
-        for t, chunk in self.chunks:
-            buf += chunk
-            while command in buf:
-                times.append(t)
-                buf = buf[buf.index(command) + len(command):]
-        return times
-
-    def wait_for(self, n_bytes: int, timeout_s: float = 2.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.data) < n_bytes and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.port.close()
-
-
 def relay(port: str, **kw):
     cfg = SerialRelayActuatorConfig(port=port, reconnect_min_ms=100, reconnect_max_ms=400, **kw)
     return build_actuator(cfg, name="reject")
 
 
 def test_lctech_preset_sends_exact_bytes_with_the_pulse_timing(pty_pair, fire_pulses):
-    board = BoardEnd(pty_pair.b)
+    board = SerialBytesRecorder(pty_pair.b)
     act = relay(pty_pair.a, preset="lctech", channel=1)
     try:
         act.open()
@@ -92,7 +44,7 @@ def test_lctech_preset_sends_exact_bytes_with_the_pulse_timing(pty_pair, fire_pu
 
 
 def test_generic_bytes_from_the_yaml(pty_pair):
-    board = BoardEnd(pty_pair.b)
+    board = SerialBytesRecorder(pty_pair.b)
     act = relay(pty_pair.a, preset="generic", on_bytes="FE 05 00 00 FF 00", off_bytes="0xFE,0x05,0x00,0x00,0x00,0x00",
                 baudrate=115200)
     try:
@@ -106,7 +58,7 @@ def test_generic_bytes_from_the_yaml(pty_pair):
 
 
 def test_lctech_channel_two_checksum(pty_pair):
-    board = BoardEnd(pty_pair.b)
+    board = SerialBytesRecorder(pty_pair.b)
     act = relay(pty_pair.a, preset="lctech", channel=2)
     try:
         act.open()
@@ -127,7 +79,7 @@ def test_missing_port_is_a_clear_error_naming_it(tmp_path):
 
 
 def test_port_vanishes_mid_run_then_recovers(pty_pair):
-    board = BoardEnd(pty_pair.b)
+    board = SerialBytesRecorder(pty_pair.b)
     act = relay(pty_pair.a, preset="lctech")
     act.open()
     act.set_output(True)
@@ -143,7 +95,7 @@ def test_port_vanishes_mid_run_then_recovers(pty_pair):
         act.set_output(False)  # backing off, or the port is still missing
     assert act.off_pending and act.output_may_be_on
     pty_pair.start()  # plugged back in
-    board = BoardEnd(pty_pair.b)
+    board = SerialBytesRecorder(pty_pair.b)
     try:
         deadline = time.monotonic() + 5
         while act.off_pending and time.monotonic() < deadline:

@@ -32,3 +32,13 @@ def test_handshake_bench_counts_verdict_writes():
 def test_pulse_must_fit_in_the_gap():
     with pytest.raises(ValueError, match="pulse_ms"):
         run_pulse_bench(ModbusTcpActuatorConfig(), pulses=1, pulse_ms=30, gap_ms=20)
+
+
+def test_serial_relay_bench_times_the_bytes_on_the_board_end(pty_pair):
+    from station.config_actuators import SerialRelayActuatorConfig
+
+    # pty_pair only stands for "socat is here" (skip/fail policy); the bench makes its own pair.
+    cfg = SerialRelayActuatorConfig(port="simulated", preset="lctech", baudrate=115200)
+    result = run_pulse_bench(cfg, pulses=10, pulse_ms=10, gap_ms=40, simulate=True)
+    assert result["server_pulses"] == 10 and result["failures"] == 0
+    assert abs(result["server_width_ms"]["p50"] - 10) < 20
