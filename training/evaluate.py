@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, classification_report, roc_auc_score
 
-from station.artifact import load_artifact
+from station.artifact import LoadedArtifact, load_artifact
 from training import data as tdata
 from training.engine import predict_probs
 
@@ -59,15 +59,11 @@ def variant_metrics(p_defect: np.ndarray, is_defect: np.ndarray, threshold: floa
     }
 
 
-def evaluate(*, model_path: Path, data: Path, report_dir: Path, threshold: float | None = None,
-             batch_size: int = 64, split: str = "test") -> dict[str, Any]:
-    """Score `data/split`, write the report folder, and return the metrics dict (also metrics.json)."""
-    from training.report import write_report
-
-    artifact = load_artifact(model_path)
+def score_split(artifact: LoadedArtifact, *, data: Path, split: str = "test",
+                batch_size: int = 64) -> dict[str, Any]:
+    """p(defective) for every image of `data/split`, and which of them also sit in `data/train`."""
     meta = artifact.metadata
-    test_root = Path(data) / split
-    scan = tdata.scan_folder(test_root, class_names=meta.class_names)
+    scan = tdata.scan_folder(Path(data) / split, class_names=meta.class_names)
     train_root = Path(data) / "train"
     train_hashes: set[str] = set()
     if train_root.is_dir():
@@ -77,12 +73,23 @@ def evaluate(*, model_path: Path, data: Path, report_dir: Path, threshold: float
         log.warning("no %s: the de-duplicated test variant equals the full one", train_root)
     images = tdata.decode_gray([s.path for s in scan.samples])
     dataset = tdata.CachedImageDataset(images, scan.labels(), meta.preprocess)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     probs = predict_probs(artifact.model, dataset, device=torch.device("cpu"), batch_size=batch_size)
-    p_defect = probs[:, meta.defective_index]
-    is_defect = np.asarray(scan.labels()) == meta.defective_index
+    return {"scan": scan, "images": images, "p_defect": probs[:, meta.defective_index],
+            "is_defect": np.asarray(scan.labels()) == meta.defective_index,
+            "leaked": np.array([s.sha256 in train_hashes for s in scan.samples], dtype=bool)}
+
+
+def evaluate(*, model_path: Path, data: Path, report_dir: Path, threshold: float | None = None,
+             batch_size: int = 64, split: str = "test") -> dict[str, Any]:
+    """Score `data/split`, write the report folder, and return the metrics dict (also metrics.json)."""
+    from training.report import write_report
+
+    artifact = load_artifact(model_path)
+    meta = artifact.metadata
+    scored = score_split(artifact, data=data, split=split, batch_size=batch_size)
+    scan, images, p_defect, is_defect, leaked = (scored["scan"], scored["images"], scored["p_defect"],
+                                                 scored["is_defect"], scored["leaked"])
     t = float(meta.recommended_threshold if threshold is None else threshold)
-    leaked = np.array([s.sha256 in train_hashes for s in scan.samples], dtype=bool)
     keep = ~leaked
     metrics = {
         "model": str(model_path), "model_sha256": artifact.sha256, "split": split,

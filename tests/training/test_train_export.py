@@ -63,6 +63,12 @@ def test_artifact_round_trip_and_onnx_match(tiny_run: Path, tiny_data: Path, tmp
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = session.run(["logits"], {"image": x.numpy()})[0]
     assert np.max(np.abs(got - expected)) < 1e-4
+    # The station's own classifier accepts the exported file and scores the frame the same way.
+    from station.classifier import Classifier
+
+    classifier = Classifier.from_file(out, device="cpu", warmup_runs=0)
+    assert classifier.predict(frame) == pytest.approx(float(torch.softmax(torch.from_numpy(expected), 1)[0, 0]),
+                                                      abs=1e-5)
     props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
     assert json.loads(props["model_metadata_json"])["defective_class"] == "def_front"
     assert float(props["recommended_threshold"]) == pytest.approx(meta.recommended_threshold)
