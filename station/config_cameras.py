@@ -134,6 +134,10 @@ class _IndustrialCameraConfig(_Strict):
         if self.trigger.mode == "software" and self.trigger.frame_timeout_ms >= self.lost_after_ms:
             raise ValueError(f"trigger.frame_timeout_ms ({self.trigger.frame_timeout_ms:g}) must be shorter "
                              f"than lost_after_ms ({self.lost_after_ms:g})")
+        if (self.trigger.mode == "free_run" and self.frame_rate_hz is not None
+                and 2000.0 / self.frame_rate_hz > self.lost_after_ms):
+            raise ValueError(f"lost_after_ms ({self.lost_after_ms:g}) must cover at least two frame periods "
+                             f"at frame_rate_hz = {self.frame_rate_hz:g}")
         return self
 
 
