@@ -66,6 +66,13 @@ class AlarmSection(_Strict):
     actuator: ActuatorConfig | None = Field(None, description="Output held on while the station is unhealthy.")
 
 
+class FrameSection(_Strict):
+    width_px: int | None = Field(None, ge=16, le=16384,
+                                 description="Expected frame width; another width is a bad_frame (null: any).")
+    height_px: int | None = Field(None, ge=16, le=16384,
+                                  description="Expected frame height; another height is a bad_frame (null: any).")
+
+
 class QueueSection(_Strict):
     frames: int = Field(4, ge=1, le=64, description="Frames waiting for inference; a full queue is 'overrun'.")
 
@@ -86,6 +93,7 @@ class StationConfig(_Strict):
     station: StationSection = Field(default_factory=StationSection)
     line: LineSection = Field(default_factory=LineSection)
     camera: CameraConfig
+    frame: FrameSection = Field(default_factory=FrameSection)
     model: ModelSection = Field(default_factory=ModelSection)
     decision: DecisionSection = Field(default_factory=DecisionSection)
     reject: RejectSection = Field(default_factory=RejectSection)

@@ -1,0 +1,248 @@
+"""The `Station`: builds every stage from the config, starts them in order and stops them in order.
+
+Start: trace log -> model (refuses to start on a bad model) -> actuators (a PLC that is down is an
+alarm, not a failure) -> reject scheduler, deadline watch, inference worker -> camera capture.
+Stop: capture first, then every part in flight is scored or failed safe, every scheduled pulse
+fires, outputs are switched off, and the trace log is flushed and closed; no thread is left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from typing import Callable
+
+from station.actuators import build_actuator
+from station.actuators.base import Actuator, ActuatorError
+from station.cameras import build_camera
+from station.cameras.base import Camera
+from station.capture import CaptureThread
+from station.classifier import Classifier, InferenceWorker
+from station.configfile import LoadedConfig
+from station.decision import DeadlineWatch, DecisionMaker, DecisionSettings
+from station.health import Health, Stats
+from station.records import ActuationReport, Frame, Prediction, Reason, Verdict
+from station.scheduler import RejectScheduler
+from station.tracelog import RunInfo, TraceLog
+
+log = logging.getLogger("station.app")
+
+VerdictListener = Callable[[Verdict, Frame], None]
+
+
+class Station:
+    def __init__(self, loaded: LoadedConfig, *, camera: Camera | None = None,
+                 classifier: Classifier | None = None, on_verdict: VerdictListener | None = None) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self.camera = camera
+        self.classifier = classifier
+        self.listeners: list[VerdictListener] = [on_verdict] if on_verdict else []
+        self.report_listeners: list[Callable[[ActuationReport], None]] = []
+        self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        self.stats = Stats()
+        self.health = Health(on_change=self._health_changed)
+        self.reject_actuator: Actuator | None = None
+        self.alarm_actuator: Actuator | None = None
+        self.tracelog: TraceLog | None = None
+        self.capture: CaptureThread | None = None
+        self.worker: InferenceWorker | None = None
+        self.scheduler: RejectScheduler | None = None
+        self.deadline_watch: DeadlineWatch | None = None
+        self.decision: DecisionMaker | None = None
+        self.frames: queue.Queue = queue.Queue(maxsize=self.config.queues.frames)
+        self._housekeeping: threading.Thread | None = None
+        self._stop_housekeeping = threading.Event()
+        self._alarm_output_wanted = False
+        self._alarm_output_state: bool | None = None
+        self.started = False
+        self.stopped = False
+
+    # ---- start -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        if self.classifier is None:
+            self.classifier = Classifier.from_file(cfg.model.path, device=cfg.model.device,
+                                                   warmup_runs=cfg.model.warmup_runs)
+        if cfg.model.threads:
+            import torch
+            torch.set_num_threads(cfg.model.threads)
+        threshold = cfg.decision.threshold if cfg.decision.threshold is not None \
+            else self.classifier.recommended_threshold
+        if self.camera is None:
+            self.camera = build_camera(cfg.camera)
+        self.tracelog = TraceLog(
+            cfg.tracelog.dir,
+            RunInfo(run_id=self.run_id, station_id=cfg.station.id, camera_id=self.camera.describe(),
+                    model_id=self.classifier.model_id, model_sha256=self.classifier.artifact.sha256,
+                    config_sha256=self.loaded.sha256),
+            images=cfg.tracelog.images, sample_every_n=cfg.tracelog.sample_every_n,
+            image_format=cfg.tracelog.image_format, disk_budget_mb=cfg.tracelog.disk_budget_mb,
+            max_backlog=cfg.tracelog.max_backlog, on_alarm=self.set_alarm)
+        first_seq = self.tracelog.next_seq()
+        self.reject_actuator = build_actuator(cfg.reject.actuator, name="reject")
+        self._open_actuator(self.reject_actuator, "reject_actuator")
+        if cfg.alarm.actuator is not None:
+            self.alarm_actuator = build_actuator(cfg.alarm.actuator, name="alarm")
+            self._open_actuator(self.alarm_actuator, "alarm_output")
+        self.decision = DecisionMaker(
+            DecisionSettings(threshold=threshold, deadline_ms=cfg.decision.deadline_ms,
+                             fail_safe=cfg.decision.fail_safe),
+            on_verdict=self._on_verdict, on_late=self._on_late)
+        self.scheduler = RejectScheduler(
+            self.reject_actuator, delay_ms=cfg.reject.delay_ms, pulse_ms=cfg.reject.pulse_ms,
+            late_tolerance_ms=cfg.reject.late_tolerance_ms, on_report=self._on_report, on_alarm=self.set_alarm)
+        self.deadline_watch = DeadlineWatch(self.decision)
+        self.worker = InferenceWorker(self.frames, self.classifier, self.decision.on_prediction)
+        self.capture = CaptureThread(self.camera, self.frames, self.decision, first_seq=first_seq,
+                                     on_alarm=self.set_alarm,
+                                     expected_size=(cfg.frame.width_px, cfg.frame.height_px))
+        self.tracelog.start()
+        self.tracelog.event("INFO", "start", f"run {self.run_id}: model {self.classifier.model_id}, "
+                                             f"threshold {threshold:g}, camera {self.camera.describe()}")
+        self.scheduler.start()
+        self.deadline_watch.start()
+        self.worker.start()
+        self.capture.start()
+        self._housekeeping = threading.Thread(target=self._housekeep, name="housekeeping", daemon=True)
+        self._housekeeping.start()
+        self.started = True
+        log.info("station %s started: run %s, model %s (threshold %g), camera %s, reject via %s",
+                 cfg.station.id, self.run_id, self.classifier.model_id, threshold, self.camera.describe(),
+                 self.reject_actuator.describe())
+
+    def _open_actuator(self, actuator: Actuator, alarm: str) -> None:
+        try:
+            with actuator.lock:
+                actuator.open()
+        except ActuatorError as exc:
+            self.set_alarm(alarm, f"{actuator.describe()} unavailable at start: {exc}")
+
+    # ---- stage callbacks ---------------------------------------------------------------------------
+    def _on_verdict(self, verdict: Verdict, frame: Frame) -> None:
+        self.stats.add_verdict(verdict)
+        assert self.scheduler is not None and self.tracelog is not None
+        self.scheduler.submit(verdict)
+        self.tracelog.record(verdict, frame)
+        log.debug("part %d: %s (%s) p_defect=%s", verdict.seq, verdict.decision.value, verdict.reason.value,
+                  verdict.p_defect)
+        for listener in self.listeners:
+            listener(verdict, frame)
+
+    def _on_late(self, prediction: Prediction) -> None:
+        assert self.tracelog is not None
+        self.tracelog.record_late(prediction)
+
+    def _on_report(self, report: ActuationReport) -> None:
+        self.stats.add_report(report)
+        assert self.tracelog is not None
+        self.tracelog.record_actuation(report)
+        for listener in self.report_listeners:
+            listener(report)
+
+    def set_alarm(self, name: str, message: str | None) -> None:
+        was = name in self.health.alarms()
+        self.health.set_alarm(name, message)
+        if self.tracelog is not None and (message is not None) != was:
+            self.tracelog.event("ERROR" if message else "INFO", "alarm" if message else "alarm_cleared",
+                                f"{name}: {message}" if message else name)
+
+    def _health_changed(self, healthy: bool) -> None:
+        self._alarm_output_wanted = not healthy
+
+    def _housekeep(self) -> None:
+        """Alarm output, actuator ticks (heartbeats) and the periodic summary line, every 100 ms."""
+        next_summary = time.monotonic() + self.config.station.summary_interval_s
+        while not self._stop_housekeeping.wait(0.1):
+            self._sync_alarm_output()
+            for actuator in (self.reject_actuator, self.alarm_actuator):
+                if actuator is not None:
+                    actuator.tick()
+            if time.monotonic() >= next_summary:
+                next_summary += self.config.station.summary_interval_s
+                log.info("summary: %s; %s", self.stats.line(), self.health.summary())
+
+    def _sync_alarm_output(self) -> None:
+        if self.alarm_actuator is None or self._alarm_output_state == self._alarm_output_wanted:
+            return
+        want = self._alarm_output_wanted
+        try:
+            with self.alarm_actuator.lock:
+                self.alarm_actuator.set_output(want)
+            self._alarm_output_state = want
+        except ActuatorError as exc:
+            log.error("alarm output %s could not be switched %s: %s", self.alarm_actuator.describe(),
+                      "on" if want else "off", exc)
+
+    # ---- running and stopping ------------------------------------------------------------------------
+    @property
+    def source_finished(self) -> bool:
+        return self.capture is not None and self.capture.finished.is_set()
+
+    def idle(self) -> bool:
+        """No part anywhere between camera and log."""
+        assert self.decision and self.scheduler and self.tracelog
+        return (self.frames.empty() and self.decision.pending_count == 0 and self.scheduler.in_flight == 0
+                and self.tracelog.backlog == 0)
+
+    def wait_source_finished(self, timeout_s: float | None = None, stop_event: threading.Event | None = None) -> bool:
+        """For finite sources (replay): wait until the source ended and every part has left the pipeline."""
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        while end is None or time.monotonic() < end:
+            if stop_event is not None and stop_event.is_set():
+                return False
+            if self.source_finished and self.idle():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def stop(self) -> dict:
+        """Stop in order; return the run summary."""
+        if self.stopped or not self.started:
+            return self.stats.snapshot()
+        self.stopped = True
+        cfg = self.config
+        assert self.capture and self.worker and self.decision and self.deadline_watch and self.scheduler
+        assert self.tracelog and self.reject_actuator
+        log.info("stopping: capture first, then %d queued part(s)", self.frames.qsize())
+        self.capture.stop()
+        self.capture.join(timeout=5.0)
+        self.worker.stop()
+        self.worker.join(timeout=max(2.0, cfg.decision.deadline_ms / 1000.0 * (self.frames.qsize() + 2)))
+        # Whatever the worker could not finish in time still gets its (fail-safe) verdict.
+        self.decision.expire()
+        n = self.decision.fail_all_pending(Reason.SHUTDOWN, "station stopped before the part was classified")
+        if n:
+            log.warning("%d part(s) failed safe at shutdown", n)
+        self.deadline_watch.stop()
+        self.deadline_watch.join(timeout=2.0)
+        drain_s = (cfg.reject.delay_ms + cfg.reject.pulse_ms) / 1000.0 + 1.0
+        if not self.scheduler.drain(drain_s):
+            log.error("reject scheduler still had commands after %.1f s", drain_s)
+        self.scheduler.stop()
+        self.scheduler.join(timeout=2.0)
+        self._stop_housekeeping.set()
+        if self._housekeeping is not None:
+            self._housekeeping.join(timeout=2.0)
+        for actuator in (self.reject_actuator, self.alarm_actuator):
+            if actuator is not None:
+                with actuator.lock:
+                    actuator.close()
+        summary = self.stats.snapshot()
+        summary["camera"] = dict(self.camera.counters) if self.camera else {}
+        summary["overruns"] = self.capture.overruns
+        summary["alarms_raised"] = self.health.raised_total
+        self.tracelog.event("INFO", "stop", f"run {self.run_id} stopped: {self.stats.line()}")
+        self.tracelog.finish_run(json.dumps(summary, default=str))
+        self.tracelog.stop()
+        self.tracelog.join(timeout=10.0)
+        log.info("station stopped: %s", self.stats.line())
+        return summary
+
+    def threads(self) -> list[threading.Thread]:
+        return [t for t in (self.capture, self.worker, self.deadline_watch, self.scheduler, self.tracelog,
+                            self._housekeeping) if t is not None]
