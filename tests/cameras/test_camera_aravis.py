@@ -167,3 +167,25 @@ def test_killed_camera_is_detected_reopened_and_every_trigger_is_accounted_for(f
     assert camera.counters["reconnects"] == 1 and camera.counters["lost"] == 1
     assert grabs[-1].error is None and grabs[-4].error is None   # going on after the reconnect
     assert join_release_threads(timeout_s=20.0)
+
+
+def test_hardware_trigger_waits_for_the_line_and_probes_a_silent_camera(fake_gv):
+    # No edge ever comes on Line0: a camera left in free run would deliver frames. While the line is
+    # quiet the camera is probed over the control channel instead of being declared lost; once the
+    # camera is gone, the probe fails and the loss is raised.
+    camera = build_camera(_config(fake_gv, lost_after_ms=300, frame_rate_hz=25,
+                                  trigger={"mode": "hardware", "line": "Line0", "activation": "RisingEdge"}))
+    camera.open()
+    try:
+        quiet_until = time.monotonic() + 1.5
+        while time.monotonic() < quiet_until:
+            assert camera.grab(0.25) is None
+        assert camera.counters["frames"] == 0 and camera.counters["lost"] == 0
+        fake_gv.stop()
+        with pytest.raises(CameraLost, match="control read failed"):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                camera.grab(0.25)
+    finally:
+        camera.close()
+    assert camera.counters["lost"] == 1
