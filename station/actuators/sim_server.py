@@ -51,6 +51,7 @@ class SimPlcHandle:
     _coils: dict[int, bool] = field(default_factory=dict)
     _registers: dict[int, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    plc_logic: HandshakePlcLogic | None = None  # set by emulate_handshake_plc()
 
     # ---- what the server saw ------------------------------------------------------------------
     def coil(self, address: int) -> bool:
@@ -99,13 +100,30 @@ class SimPlcHandle:
                 for i, value in enumerate(values):
                     self._registers[address + i] = int(value)
                     self.register_writes.append((t_ns, address + i, int(value)))
+        if self.plc_logic is not None and func_code in _REGISTER_WRITES:
+            self.plc_logic.on_registers_written(self, t_ns)
         return None
+
+    def emulate_handshake_plc(self, *, register_base: int = 0, coil: int = 0, delay_ms: float = 800.0,
+                              pulse_ms: float = 50.0, watchdog_ms: float = 600.0) -> HandshakePlcLogic:
+        """Make this server behave like the PLC of the README's sample logic for `plc_handshake`: it fires
+        `coil` for reject verdicts at capture + delay_ms (from PART_AGE_MS), counts gaps in PART_SEQ, and
+        trips its watchdog (`line_stopped`) when the heartbeat stops changing or READY drops to 0."""
+        assert self._loop is not None, "start the server first"
+        logic = HandshakePlcLogic(register_base=register_base, coil=coil, delay_ms=delay_ms, pulse_ms=pulse_ms,
+                                  watchdog_ms=watchdog_ms)
+        self.plc_logic = logic
+        logic.task = asyncio.run_coroutine_threadsafe(logic.watchdog(self), self._loop)
+        return logic
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Shut the server down (clients see the connection drop) and join its thread."""
         if self._loop is None or self._thread is None:
             return
         loop, server = self._loop, self._server
+        if self.plc_logic is not None and self.plc_logic.task is not None:
+            self.plc_logic.task.cancel()
+            self.plc_logic.task = None
         if server is not None and loop.is_running():
             fut = asyncio.run_coroutine_threadsafe(server.shutdown(), loop)
             try:
@@ -122,6 +140,68 @@ class SimPlcHandle:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class HandshakePlcLogic:
+    """The sample PLC logic for the handshake mode, run inside the simulated PLC's event loop."""
+
+    register_base: int
+    coil: int
+    delay_ms: float
+    pulse_ms: float
+    watchdog_ms: float
+    last_seq: int | None = None
+    rejects_fired: list[int] = field(default_factory=list)  # part seqs the PLC ejected
+    missed_parts: int = 0           # gaps in PART_SEQ: parts the PLC never heard of (treated as rejects)
+    line_stopped: bool = False      # the watchdog tripped: heartbeat silent or READY = 0
+    watchdog_trips: list[int] = field(default_factory=list)  # t_ns of each trip
+    task: Any = None
+    _last_beat: int | None = None
+    _last_beat_ns: int = 0
+
+    def on_registers_written(self, plc: SimPlcHandle, t_ns: int) -> None:
+        from station.actuators import plc_handshake as hs
+
+        base = self.register_base
+        beat = plc._registers.get(base + hs.HEARTBEAT)
+        if beat != self._last_beat:
+            self._last_beat, self._last_beat_ns = beat, t_ns
+        seq = (plc._registers.get(base + hs.PART_SEQ_HI, 0) << 16) | plc._registers.get(base + hs.PART_SEQ_LO, 0)
+        verdict = plc._registers.get(base + hs.VERDICT_CODE, hs.VERDICT_NONE)
+        if verdict == hs.VERDICT_NONE or seq == self.last_seq:
+            return
+        if self.last_seq is not None and seq > self.last_seq + 1:
+            self.missed_parts += seq - self.last_seq - 1
+        self.last_seq = seq
+        if verdict in (hs.VERDICT_REJECT, hs.VERDICT_FAIL_SAFE_REJECT):
+            age_ms = plc._registers.get(base + hs.PART_AGE_MS, 0)
+            loop = asyncio.get_running_loop()
+            wait_s = max(0.0, (self.delay_ms - age_ms) / 1000.0)
+            loop.call_later(wait_s, self._output, plc, True, seq)
+            loop.call_later(wait_s + self.pulse_ms / 1000.0, self._output, plc, False, seq)
+
+    def _output(self, plc: SimPlcHandle, on: bool, seq: int) -> None:
+        with plc._lock:
+            plc._coils[self.coil] = on
+            plc.coil_events.append((time.monotonic_ns(), self.coil, on))
+        if on:
+            self.rejects_fired.append(seq)
+
+    async def watchdog(self, plc: SimPlcHandle) -> None:
+        from station.actuators import plc_handshake as hs
+
+        while True:
+            await asyncio.sleep(0.02)
+            if self._last_beat is None:
+                continue  # not armed until the station has sent a first heartbeat
+            stale = (time.monotonic_ns() - self._last_beat_ns) / 1e6 > self.watchdog_ms
+            not_ready = plc._registers.get(self.register_base + hs.READY, 0) == 0
+            if (stale or not_ready) and not self.line_stopped:
+                self.line_stopped = True
+                self.watchdog_trips.append(time.monotonic_ns())
+            elif not stale and not not_ready and self.line_stopped:
+                self.line_stopped = False  # a real PLC would also want an operator acknowledge
 
 
 def _device(handle: SimPlcHandle, *, coils: int, registers: int) -> SimDevice:

@@ -155,3 +155,30 @@ def test_handshake_over_rtu(pty_pair):
     assert plc.register(BASE + hs.PART_SEQ_LO) == 5
     assert plc.register(BASE + hs.VERDICT_CODE) == hs.VERDICT_REJECT
     assert len({v for _, v in heartbeats(plc)}) >= 3
+
+
+def test_sample_plc_logic_ejects_rejects_and_trips_its_watchdog_when_the_station_stops(sim_plc):
+    plc = sim_plc.emulate_handshake_plc(register_base=BASE, coil=9, delay_ms=150, pulse_ms=30, watchdog_ms=300)
+    act = handshake(sim_plc.port, heartbeat_ms=50)
+    act.open()
+    sent_ns = {}
+    for seq, decision in enumerate([Decision.OK, Decision.REJECT, Decision.OK, Decision.REJECT], start=1):
+        v = verdict(seq, decision)  # captured 30 ms ago
+        sent_ns[seq] = v.t_capture_ns
+        act.send_verdict(v)
+        time.sleep(0.06)
+    time.sleep(0.4)
+    assert not plc.line_stopped  # heartbeat alive through parts and idle time
+    act.close()
+    deadline = time.monotonic() + 3
+    while not plc.line_stopped and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert plc.line_stopped and len(plc.watchdog_trips) == 1
+    assert plc.rejects_fired == [2, 4]
+    pulses = sim_plc.pulses(9)
+    assert len(pulses) == 2
+    for (on_ns, off_ns), seq in zip(pulses, (2, 4)):
+        # PLC-timed from PART_AGE_MS: capture + delay, to within the ms resolution of the age register
+        assert -5 <= (on_ns - sent_ns[seq]) / 1e6 - 150 <= 30
+        assert 25 <= (off_ns - on_ns) / 1e6 <= 60
+    assert plc.missed_parts == 0
