@@ -153,6 +153,10 @@ class SwitchedOutput(Actuator):
         self.set_output(False)
 
     def set_output(self, on: bool) -> None:
+        if on:
+            # The caller wants it on now (and owns switching it off again): a retry from tick() must not
+            # cut that pulse short or switch an alarm lamp off, even if this on fails.
+            self.off_pending = False
         try:
             self._write(on)
         except ActuatorError as exc:
@@ -165,8 +169,6 @@ class SwitchedOutput(Actuator):
             raise
         self.connected = True
         self.state = on
-        # A confirmed on also clears a pending off: the caller now owns switching it off again, and a
-        # retry from tick() must not cut that pulse short.
         self.off_pending = False
         self.counters["on" if on else "off"] += 1
 

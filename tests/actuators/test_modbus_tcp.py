@@ -200,3 +200,28 @@ def test_garbage_reply_is_a_transport_error():
         act.link.drop()
         t.join()
         srv.close()
+
+
+def test_a_wanted_on_is_never_undone_by_the_off_retry(sim_plc):
+    """Alarm lamp case: an off failed, then the station wants the lamp on; tick() must not switch it off."""
+    port = sim_plc.port
+    act = coil_actuator(port)
+    act.open()
+    sim_plc.stop()
+    with pytest.raises(ActuatorTransportError):
+        act.set_output(False)
+    assert act.off_pending
+    with pytest.raises((ActuatorNotConnected, ActuatorTransportError)):
+        act.set_output(True)
+    assert not act.off_pending
+    start_sim_server("127.0.0.1", port, record_into=sim_plc)
+    time.sleep(0.45)
+    events = len(sim_plc.coil_events)
+    act.tick()
+    assert len(sim_plc.coil_events) == events  # no off written against the wanted on
+    act.set_output(True)
+    assert sim_plc.coil(5) is True
+    act.tick()
+    assert sim_plc.coil(5) is True
+    act.close()
+    assert sim_plc.coil(5) is False
