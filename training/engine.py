@@ -118,8 +118,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, *, device: torch.device,
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device,
                     scaler: torch.amp.GradScaler | None, show_progress: bool, desc: str) -> dict[str, float]:
     model.train()
     criterion = nn.CrossEntropyLoss()
@@ -241,13 +241,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     try:
-        return _fit(args, info, prepared, model, out, threads)
+        return _fit(args, info, prepared, model=model, out=out, threads=threads)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _fit(args: argparse.Namespace, info: DistInfo, prepared: dict[str, Any], model: nn.Module,
+def _fit(args: argparse.Namespace, info: DistInfo, prepared: dict[str, Any], *, model: nn.Module,
          out: Path, threads: int) -> dict[str, Any]:
     scan: tdata.ImageFolderScan = prepared["scan"]
     preprocess = Preprocess(input_size=args.image_size, grayscale=True)
@@ -316,7 +316,7 @@ def _fit(args: argparse.Namespace, info: DistInfo, prepared: dict[str, Any], mod
         sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
         t_epoch = time.perf_counter()
-        tr = train_one_epoch(model, train_loader, optimizer, scheduler, device=info.device, scaler=scaler,
+        tr = train_one_epoch(model, train_loader, optimizer, scheduler=scheduler, device=info.device, scaler=scaler,
                              show_progress=info.is_main and not args.no_progress,
                              desc=f"epoch {epoch + 1}/{args.epochs}")
         train_s = time.perf_counter() - t_epoch
@@ -350,12 +350,12 @@ def _fit(args: argparse.Namespace, info: DistInfo, prepared: dict[str, Any], mod
                  args.patience, best_loss, best_epoch)
     if not info.is_main:
         return {}
-    return finish_run(args, prepared, val_ds, preprocess, out, history=history, best_epoch=best_epoch,
+    return finish_run(args, prepared, val_ds, preprocess=preprocess, out=out, history=history, best_epoch=best_epoch,
                       stopped_early=stopped_early, workers=workers)
 
 
-def finish_run(args: argparse.Namespace, prepared: dict[str, Any], val_ds: tdata.CachedImageDataset,
-               preprocess: Preprocess, out: Path, *, history: list[dict[str, Any]], best_epoch: int,
+def finish_run(args: argparse.Namespace, prepared: dict[str, Any], val_ds: tdata.CachedImageDataset, *,
+               preprocess: Preprocess, out: Path, history: list[dict[str, Any]], best_epoch: int,
                stopped_early: bool, workers: int) -> dict[str, Any]:
     """Reload the best weights, recommend a threshold on validation and write the run artifact."""
     from training.export import build_metadata, write_artifact

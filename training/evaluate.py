@@ -26,7 +26,7 @@ from training.engine import predict_probs
 log = logging.getLogger("training.evaluate")
 
 
-def variant_metrics(p_defect: np.ndarray, is_defect: np.ndarray, threshold: float,
+def variant_metrics(p_defect: np.ndarray, is_defect: np.ndarray, threshold: float, *,
                     class_names: tuple[str, ...], defective_class: str) -> dict[str, Any]:
     """Escapes, false rejects, accuracy and curves' areas at one threshold."""
     reject = p_defect >= threshold
@@ -98,9 +98,10 @@ def evaluate(*, model_path: Path, data: Path, report_dir: Path, threshold: float
         "leaked_test_images": int(leaked.sum()),
         "leaked_by_class": {name: int(np.sum(leaked & (np.asarray(scan.labels()) == i)))
                             for i, name in enumerate(meta.class_names)},
-        "test_full": variant_metrics(p_defect, is_defect, t, meta.class_names, meta.defective_class),
-        "test_dedup": variant_metrics(p_defect[keep], is_defect[keep], t, meta.class_names,
-                                      meta.defective_class),
+        "test_full": variant_metrics(p_defect, is_defect, t, class_names=meta.class_names,
+                                     defective_class=meta.defective_class),
+        "test_dedup": variant_metrics(p_defect[keep], is_defect[keep], t, class_names=meta.class_names,
+                                      defective_class=meta.defective_class),
     }
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)

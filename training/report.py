@@ -102,7 +102,7 @@ def _curves(report_dir: Path, variants: dict[str, tuple[np.ndarray, np.ndarray]]
     plt.close(fig)
 
 
-def _overlay(gray: np.ndarray, cam: np.ndarray | None, title: str, path: Path) -> None:
+def _overlay(gray: np.ndarray, cam: np.ndarray | None, *, title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(3.2, 3.4))
     ax.imshow(gray, cmap="gray", vmin=0, vmax=255)
     if cam is not None:
@@ -116,7 +116,7 @@ def _overlay(gray: np.ndarray, cam: np.ndarray | None, title: str, path: Path) -
     plt.close(fig)
 
 
-def _sample_grid(path: Path, order: Sequence[int], images: Sequence[np.ndarray], p_defect: np.ndarray,
+def _sample_grid(path: Path, order: Sequence[int], images: Sequence[np.ndarray], *, p_defect: np.ndarray,
                  is_defect: np.ndarray, threshold: float) -> None:
     cols = 6
     rows = max(1, (len(order) + cols - 1) // cols)
@@ -178,7 +178,8 @@ def write_report(report_dir: Path, *, metrics: dict[str, Any], artifact: LoadedA
     margin = np.abs(p_defect - t)
     close = [int(i) for i in np.argsort(margin) if int(i) not in set(wrong)]
     order = (escapes + false_rejects + close)[:max(24, len(wrong))]
-    _sample_grid(report_dir / "sample_grid.png", order, images, p_defect, is_defect, t)
+    _sample_grid(report_dir / "sample_grid.png", order, images, p_defect=p_defect, is_defect=is_defect,
+                 threshold=t)
 
     cam_files = []
     for i in escapes + false_rejects:
@@ -186,8 +187,8 @@ def write_report(report_dir: Path, *, metrics: dict[str, Any], artifact: LoadedA
         name = f"gradcam_{kind}_{samples[i].path.stem}.png"
         x = meta.preprocess.pil_to_tensor(Image.fromarray(images[i]))
         cam = grad_cam(artifact.model, x, meta.defective_index)
-        _overlay(images[i], cam, f"{kind}: {samples[i].path.parent.name}/{samples[i].path.name}\n"
-                 f"p(defective)={p_defect[i]:.4f}, threshold {t:.4f}", report_dir / name)
+        _overlay(images[i], cam, title=f"{kind}: {samples[i].path.parent.name}/{samples[i].path.name}\n"
+                 f"p(defective)={p_defect[i]:.4f}, threshold {t:.4f}", path=report_dir / name)
         cam_files.append((kind, samples[i], float(p_defect[i]), bool(leaked[i]), name))
     _write_markdown(report_dir, metrics, artifact, cam_files)
 

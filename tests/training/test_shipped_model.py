@@ -41,7 +41,8 @@ def test_shipped_model_accuracy_and_escapes(data_dir: Path) -> None:
     assert int(leaked.sum()) == recorded["leaked_test_images"] == 64
     t = meta.recommended_threshold
     for name, keep in (("test_full", np.ones_like(leaked)), ("test_dedup", ~leaked)):
-        got = variant_metrics(p[keep], d[keep], t, meta.class_names, meta.defective_class)
+        got = variant_metrics(p[keep], d[keep], t, class_names=meta.class_names,
+                              defective_class=meta.defective_class)
         want = recorded[name]
         assert got["escapes"] <= want["escapes"], f"{name}: escapes {got['escapes']} > recorded {want['escapes']}"
         assert got["accuracy"] >= want["accuracy"] - 1e-9, (
