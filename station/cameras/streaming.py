@@ -138,6 +138,15 @@ class StreamingCamera(Camera):
         self._last_trigger_missed = False
         self._fps_window_start, self._fps_window_frames = now, 0
 
+    def finish_pending(self) -> Grab | None:
+        """At stop, before close(): the Grab that ends a software trigger still waiting for its frame
+        (its frame, or an error once `trigger.frame_timeout_ms` has passed); None when none waits."""
+        while self._pending is not None:
+            grab = self._grab_triggered(0.1)
+            if grab is not None:
+                return grab
+        return None
+
     def close(self) -> None:
         if self._pending is not None:
             # The station is stopping (or gave up) with a trigger still waiting: say so in the log.

@@ -83,6 +83,32 @@ def test_software_trigger_gives_exactly_one_frame_per_trigger(fake_gv):
     assert camera.counters["late_frames"] == 0 and camera.counters["timeouts"] == 0
 
 
+def test_a_trigger_pending_at_stop_still_ends_as_one_grab(fake_gv, monkeypatch):
+    camera = build_camera(_config(fake_gv, trigger={"mode": "software", "rate_parts_per_s": 20}))
+    camera.open()
+    try:
+        first = _grab_n(camera, 1)[0]
+        assert camera.finish_pending() is None            # nothing waits after a delivered frame
+        real_pop = camera._pop
+        in_flight = {"left": 1}
+
+        def pop_after_one_miss(timeout_s):               # the next frame is still on the wire
+            if camera._pending is not None and in_flight["left"]:
+                in_flight["left"] -= 1
+                return None
+            return real_pop(timeout_s)
+
+        monkeypatch.setattr(camera, "_pop", pop_after_one_miss)
+        while camera._pending is None:
+            assert camera.grab(0.2) is None
+        last = camera.finish_pending()                    # what the capture thread calls at stop
+    finally:
+        camera.close()
+    assert first.meta["trigger"] == 1
+    assert last is not None and last.error is None and last.meta["trigger"] == 2
+    assert camera.counters["abandoned_triggers"] == 0 and camera.counters["triggers"] == 2
+
+
 def test_unknown_serial_is_a_clear_error(fake_gv):
     camera = build_camera(AravisCameraConfig(serial="NO-SUCH-SERIAL"))
     with pytest.raises(CameraError, match="NO-SUCH-SERIAL"):
