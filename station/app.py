@@ -98,9 +98,12 @@ class Station:
             late_tolerance_ms=cfg.reject.late_tolerance_ms, on_report=self._on_report, on_alarm=self.set_alarm)
         self.deadline_watch = DeadlineWatch(self.decision)
         self.worker = InferenceWorker(self.frames, self.classifier, self.decision.on_prediction)
+        reconnect = getattr(cfg.camera, "reconnect", None)
+        backoff = {} if reconnect is None else {"reconnect_min_s": reconnect.min_backoff_ms / 1000.0,
+                                                "reconnect_max_s": reconnect.max_backoff_ms / 1000.0}
         self.capture = CaptureThread(self.camera, self.frames, self.decision, first_seq=first_seq,
                                      on_alarm=self.set_alarm,
-                                     expected_size=(cfg.frame.width_px, cfg.frame.height_px))
+                                     expected_size=(cfg.frame.width_px, cfg.frame.height_px), **backoff)
         self.tracelog.start()
         self.tracelog.event("INFO", "start", f"run {self.run_id}: model {self.classifier.model_id}, "
                                              f"threshold {threshold:g}, camera {self.camera.describe()}")
@@ -167,16 +170,24 @@ class Station:
                 log.info("summary: %s; %s", self.stats.line(), self.health.summary())
 
     def _sync_alarm_output(self) -> None:
-        if self.alarm_actuator is None or self._alarm_output_state == self._alarm_output_wanted:
+        """The alarm output follows health; a PLC handshake link also carries it as its alarm code."""
+        targets = [a for a in (self.alarm_actuator,
+                               self.reject_actuator if self.reject_actuator and self.reject_actuator.owns_timing
+                               else None) if a is not None]
+        if not targets or self._alarm_output_state == self._alarm_output_wanted:
             return
         want = self._alarm_output_wanted
-        try:
-            with self.alarm_actuator.lock:
-                self.alarm_actuator.set_output(want)
+        done = True
+        for actuator in targets:
+            try:
+                with actuator.lock:
+                    actuator.set_output(want)
+            except ActuatorError as exc:
+                done = False
+                log.error("alarm output %s could not be switched %s: %s", actuator.describe(),
+                          "on" if want else "off", exc)
+        if done:
             self._alarm_output_state = want
-        except ActuatorError as exc:
-            log.error("alarm output %s could not be switched %s: %s", self.alarm_actuator.describe(),
-                      "on" if want else "off", exc)
 
     # ---- running and stopping ------------------------------------------------------------------------
     @property

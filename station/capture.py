@@ -88,6 +88,12 @@ class CaptureThread(threading.Thread):
                 if grab is not None:
                     self.take(grab)
         finally:
+            # A software trigger still waiting for its frame is a part too: it gets its row.
+            finish = getattr(self.camera, "finish_pending", None)
+            if self.is_open and finish is not None:
+                pending = finish()
+                if pending is not None:
+                    self.take(pending)
             self.camera.close()
             self.is_open = False
 

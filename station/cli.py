@@ -21,10 +21,10 @@ COMMANDS = [
     ("station.cli_config", "add_check_config_parser", "run_check_config"),
     ("station.cli_trace", "add_trace_parser", "run_trace"),
     ("station.bench", "add_bench_parser", "run_bench"),
-]
-OPTIONAL_COMMANDS = [
     ("station.cli_cameras", "add_cameras_parser", "run_cameras"),
     ("station.cli_cameras", "add_record_parser", "run_record"),
+]
+OPTIONAL_COMMANDS = [
     ("station.cli_service", "add_install_parser", "run_install"),
 ]
 

@@ -25,6 +25,17 @@ def run_check_config(args: argparse.Namespace) -> int:
             line = str(issue.line) if issue.line else "?"
             print(f"{line:>5}  {issue.key or '<top>':<32} {issue.value:<20} {issue.message}", file=sys.stderr)
         return 2
+    from station.config_actuators import check_actuator_ports
+
+    cfg = loaded.config
+    port_issues = check_actuator_ports(cfg.reject.actuator, key="reject.actuator")
+    if cfg.alarm.actuator is not None:
+        port_issues += check_actuator_ports(cfg.alarm.actuator, key="alarm.actuator")
+    if port_issues:
+        print(f"{args.file}: {len(port_issues)} error(s)", file=sys.stderr)
+        for key, value, message in port_issues:
+            print(f"{'?':>5}  {key:<32} {value:<20} {message}", file=sys.stderr)
+        return 2
     if args.model:
         from station.artifact import ModelArtifactError, load_artifact
 

@@ -123,8 +123,14 @@ class StationConfig(_Strict):
             return p if p.is_absolute() else (base / p).resolve()
 
         camera = self.camera
-        if hasattr(camera, "path") and getattr(camera, "path") is not None:
+        if getattr(camera, "path", None) is not None:
             camera = camera.model_copy(update={"path": anchor(camera.path)})
+        if getattr(camera, "producers", None):
+            camera = camera.model_copy(update={"producers": [anchor(p) for p in camera.producers]})
+        source = getattr(camera, "source", None)
+        if isinstance(source, str) and "://" not in source and not source.startswith("/dev/") \
+                and not source.isdigit() and not Path(source).is_absolute():
+            camera = camera.model_copy(update={"source": str(anchor(Path(source)))})
         return self.model_copy(update={
             "camera": camera,
             "model": self.model.model_copy(update={"path": anchor(self.model.path)}),

@@ -143,8 +143,10 @@ class RejectScheduler(threading.Thread):
     def _switch_off(self) -> None:
         result, error, _ = self._command(False)
         with self._cond:
+            # The pulse is over either way: a later reject must send its own "on", never merge into
+            # an output whose state is unknown.
+            self._output_on = False
             if result is ActuatorResult.ACKNOWLEDGED:
-                self._output_on = False
                 self._off_due_ns = None
                 self.on_alarm("reject_output_stuck", None)
             else:

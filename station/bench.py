@@ -1,0 +1,144 @@
+"""`station bench`: replay N frames through the full pipeline and print per-stage latency and throughput.
+
+Each repeat runs a fresh `Station` built from the YAML, with the camera swapped for the frames
+(a folder, or frames the station renders itself) played as fast as the pipeline takes them, every
+part forced to a reject with zero ejector delay so the actuator command follows the verdict at
+once: capture -> actuator command is then the true end-to-end latency. The log goes to a temporary
+folder. Figures are medians over the repeats of each run's p50/p99/max and parts/s.
+`--actuator KIND` instead benchmarks the pulse timing of one actuator kind (station.cli_bench_actuator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from station.app import Station
+from station.cameras.replay import ReplayCamera
+from station.cameras.synthetic import SyntheticCamera
+from station.cli_run import load_or_report, replay_camera_config
+from station.config_actuators import LogActuatorConfig
+from station.config_cameras import SyntheticCameraConfig
+from station.configfile import LoadedConfig
+from station.health import percentiles
+from station.records import ActuationReport, Frame, Verdict
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", help="measure pipeline latency and throughput (or actuator timing)")
+    p.add_argument("-c", "--config", help="station YAML (model, queues, actuator)")
+    p.add_argument("--frames", default=None, help="folder of images to replay (default: rendered frames)")
+    p.add_argument("-n", "--parts", type=int, default=200, help="frames per repeat")
+    p.add_argument("--repeats", type=int, default=3, help="runs; figures are medians over them")
+    p.add_argument("--keep-actuator", action="store_true",
+                   help="use the YAML's reject actuator (default: the log actuator, to time the pipeline alone)")
+    from station.cli_bench_actuator import add_actuator_bench_arguments
+
+    add_actuator_bench_arguments(p, required=False)  # --actuator KIND: pulse timing of one actuator instead
+    return p
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if args.actuator:
+        from station.cli_bench_actuator import run_bench_actuator
+
+        return run_bench_actuator(args)
+    if not args.config:
+        print("bench: -c/--config is required for the pipeline benchmark", file=sys.stderr)
+        return 2
+    loaded = load_or_report(args.config)
+    if loaded is None:
+        return 2
+    runs = []
+    for i in range(args.repeats):
+        result = bench_once(loaded, parts=args.parts, frames=Path(args.frames) if args.frames else None,
+                            keep_actuator=args.keep_actuator)
+        if result is None:
+            return 2
+        runs.append(result)
+        print(f"repeat {i + 1}/{args.repeats}: {result['parts_per_s']:.1f} parts/s", file=sys.stderr)
+    print(format_bench(runs, parts=args.parts))
+    return 0
+
+
+def bench_config(loaded: LoadedConfig, log_dir: Path, *, keep_actuator: bool) -> LoadedConfig:
+    cfg = loaded.config
+    # model_copy skips validation on purpose: zero delay and a 60 s deadline are bench-only settings.
+    reject = cfg.reject.model_copy(update={"delay_ms": 0.0, "pulse_ms": 1.0, "late_tolerance_ms": 1e9,
+                                           **({} if keep_actuator else {"actuator": LogActuatorConfig()})})
+    config = cfg.model_copy(update={
+        "reject": reject,
+        "alarm": cfg.alarm.model_copy(update={"actuator": None}),
+        "decision": cfg.decision.model_copy(update={"threshold": 1e-12, "deadline_ms": 60_000.0}),
+        "tracelog": cfg.tracelog.model_copy(update={"dir": log_dir, "images": "none"}),
+    })
+    return LoadedConfig(config=config, path=loaded.path, sha256=loaded.sha256)
+
+
+def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_actuator: bool) -> dict | None:
+    verdicts: dict[int, Verdict] = {}
+    reports: dict[int, ActuationReport] = {}
+    lock = threading.Lock()
+
+    def on_verdict(v: Verdict, _f: Frame) -> None:
+        with lock:
+            verdicts[v.seq] = v
+
+    def on_report(r: ActuationReport) -> None:
+        with lock:
+            reports[r.seq] = r
+
+    with tempfile.TemporaryDirectory(prefix="station-bench-") as tmp:
+        bl = bench_config(loaded, Path(tmp), keep_actuator=keep_actuator)
+        if frames is not None:
+            camera = ReplayCamera(replay_camera_config(bl, frames, rate=None, fast=True, limit=parts))
+        else:
+            camera = SyntheticCamera(SyntheticCameraConfig(rate_parts_per_s=None, limit=parts, defect_ratio=0.5))
+        station = Station(bl, camera=camera, on_verdict=on_verdict)
+        station.report_listeners.append(on_report)
+        from station.artifact import ModelArtifactError
+
+        try:
+            station.start()
+        except ModelArtifactError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return None
+        t0 = time.monotonic()
+        try:
+            station.wait_source_finished(timeout_s=600)
+            elapsed = time.monotonic() - t0
+        finally:
+            station.stop()
+    infer = [v.infer_ms for v in verdicts.values() if v.infer_ms is not None]
+    decide = [v.decide_ms for v in verdicts.values()]
+    e2e = [(r.fired_ns - verdicts[s].t_capture_ns) / 1e6 for s, r in reports.items()
+           if r.fired_ns is not None and s in verdicts]
+    command = [(r.fired_ns - verdicts[s].t_decided_ns) / 1e6 for s, r in reports.items()
+               if r.fired_ns is not None and s in verdicts]
+    queue_wait = [v.decide_ms - v.infer_ms for v in verdicts.values() if v.infer_ms is not None]
+    return {"parts": len(verdicts), "parts_per_s": len(verdicts) / elapsed if elapsed > 0 else 0.0,
+            "stages": {"queue wait + decision": percentiles(queue_wait),
+                       "inference (preprocess + model)": percentiles(infer),
+                       "capture -> verdict": percentiles(decide),
+                       "verdict -> actuator command": percentiles(command),
+                       "capture -> actuator command": percentiles(e2e)}}
+
+
+def format_bench(runs: list[dict], *, parts: int) -> str:
+    def med(values: list[float | None]) -> str:
+        vals = [v for v in values if v is not None]
+        return f"{statistics.median(vals):8.2f}" if vals else "     n/a"
+
+    lines = [f"station bench: {parts} parts x {len(runs)} repeat(s); medians over repeats, ms",
+             f"{'stage':<34}{'p50':>8}{'p99':>8}{'max':>8}"]
+    for stage in runs[0]["stages"]:
+        row = [run["stages"][stage] for run in runs]
+        lines.append(f"{stage:<34}{med([r['p50'] for r in row])}{med([r['p99'] for r in row])}"
+                     f"{med([r['max'] for r in row])}")
+    lines.append(f"{'sustained parts/s':<34}{statistics.median(r['parts_per_s'] for r in runs):8.1f}")
+    return "\n".join(lines)

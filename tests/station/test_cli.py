@@ -1,0 +1,209 @@
+"""The `station` command as an operator uses it, run as real subprocesses.
+
+check-config on broken YAML, a bad model refusing to start, SIGTERM mid-run, replay's summary,
+trace export, bench and the demo (which starts pymodbus's own server on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, make_frames, make_tiny_model, write_config
+
+STATION = [sys.executable, "-m", "station.cli"]
+
+
+def station(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*STATION, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+BROKEN = """station:
+  id: line-1
+  colour: blue
+camera:
+  kind: synthetic
+  rate_parts_per_s: -4
+decision:
+  deadline_ms: 900
+reject:
+  delay_ms: 800
+  actuator:
+    kind: modbus_tcp
+    port: 70000
+"""
+
+
+def test_check_config_names_line_and_key_of_each_error(tmp_path):
+    path = write_config(tmp_path / "broken.yaml", BROKEN)
+    result = station("check-config", str(path))
+    assert result.returncode == 2
+    err = result.stderr
+    assert "3 error(s)" in err
+    lines = {line.split()[1]: line for line in err.splitlines()[2:]}
+    assert lines["station.colour"].split()[0] == "3" and "unknown key" in lines["station.colour"]
+    assert lines["camera.rate_parts_per_s"].split()[0] == "6"
+    assert lines["reject.actuator.port"].split()[0] == "13" and "70000" in lines["reject.actuator.port"]
+    # Fix those three and the cross-field check names the deadline on its own line.
+    fixed = BROKEN.replace("  colour: blue\n", "").replace("-4", "4").replace("70000", "502")
+    result = station("check-config", str(write_config(tmp_path / "deadline.yaml", fixed)))
+    assert result.returncode == 2
+    row = [line for line in result.stderr.splitlines() if "decision.deadline_ms" in line][0]
+    assert row.split()[0] == "7" and "no time before the ejector" in row
+
+
+def test_check_config_malformed_yaml_and_good_file(tmp_path):
+    bad = station("check-config", str(write_config(tmp_path / "m.yaml", "camera:\n  kind: replay\n   path: [\n")))
+    assert bad.returncode == 2 and "malformed YAML" in bad.stderr and "    3" in bad.stderr
+    good = station("check-config", str(REPO / "config" / "station.yaml"))
+    assert good.returncode == 0, good.stderr
+
+
+@pytest.mark.parametrize("content", [None, b"", b"PK\x03\x04 truncated zip", b"garbage" * 100])
+def test_missing_or_corrupt_model_refuses_to_start(tmp_path, content):
+    make_frames(tmp_path / "frames", defective=1, ok=1, size=64)
+    if content is not None:
+        (tmp_path / "model.pt").write_bytes(content)
+    cfg = write_config(tmp_path / "s.yaml", """
+camera: {kind: replay, path: frames}
+model: {path: model.pt, device: cpu}
+reject: {actuator: {kind: log}}
+tracelog: {dir: log}
+""")
+    result = station("replay", "frames", "-c", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "station not started" in result.stderr and "model" in result.stderr
+    assert not (tmp_path / "log" / "trace.sqlite").exists() or \
+        sqlite3.connect(tmp_path / "log" / "trace.sqlite").execute("SELECT COUNT(*) FROM parts").fetchone()[0] == 0
+
+
+def test_model_of_another_architecture_refuses_to_start(tmp_path):
+    import torch
+
+    from station.artifact import ArtifactMetadata, TinyNet, save_artifact
+    from station.preprocess import Preprocess
+
+    meta = ArtifactMetadata(architecture="resnet18", class_names=("def_front", "ok_front"),
+                            defective_class="def_front", preprocess=Preprocess(input_size=64))
+    save_artifact(tmp_path / "m.pt", TinyNet(2), meta)  # tinynet weights labelled resnet18
+    from station.artifact import ModelArtifactError, load_artifact
+    with pytest.raises(ModelArtifactError, match="does not match architecture 'resnet18'"):
+        load_artifact(tmp_path / "m.pt")
+    torch.save({"state_dict": {}}, tmp_path / "plain.pt")
+    with pytest.raises(ModelArtifactError, match="format"):
+        load_artifact(tmp_path / "plain.pt")
+
+
+def test_sigterm_mid_run_exits_0_with_every_captured_part_logged(tmp_path, sim_plc):
+    make_tiny_model(tmp_path / "tiny.pt")
+    cfg = write_config(tmp_path / "s.yaml", f"""
+line: {{max_parts_per_s: 20}}
+camera: {{kind: synthetic, rate_parts_per_s: 20, size_px: 96, defect_ratio: 0.5}}
+model: {{path: tiny.pt, device: cpu}}
+decision: {{threshold: 0.000001, deadline_ms: 100}}
+reject:
+  delay_ms: 400
+  pulse_ms: 20
+  actuator: {{kind: modbus_tcp, host: 127.0.0.1, port: {sim_plc.port}, coil: 1}}
+tracelog: {{dir: log}}
+""")
+    proc = subprocess.Popen([*STATION, "run", "-c", str(cfg)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        db = tmp_path / "log" / "trace.sqlite"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if db.exists() and sqlite3.connect(db).execute("SELECT COUNT(*) FROM parts").fetchone()[0] >= 20:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    conn = sqlite3.connect(db)
+    seqs = [s for (s,) in conn.execute("SELECT seq FROM parts ORDER BY seq")]
+    (summary_json,) = conn.execute("SELECT summary_json FROM runs").fetchone()
+    results = {r for (r,) in conn.execute("SELECT actuator_result FROM parts")}
+    conn.close()
+    summary = json.loads(summary_json)
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) == summary["parts"] >= 20
+    # Every part was a reject; parts in flight at SIGTERM still got their pulse before exit.
+    assert results <= {"acknowledged", "late"}
+    assert len(sim_plc.pulses(1)) == len(seqs)
+    assert not sim_plc.coil(1), "output off after stop"
+
+
+def test_replay_prints_summary_and_trace_export_writes_every_row(tmp_path):
+    make_frames(tmp_path / "frames", defective=5, ok=5, size=64)
+    make_tiny_model(tmp_path / "tiny.pt")
+    cfg = write_config(tmp_path / "s.yaml", """
+camera: {kind: replay, path: frames}
+model: {path: tiny.pt, device: cpu}
+decision: {threshold: 0.999999, deadline_ms: 200}
+reject: {actuator: {kind: log}}
+tracelog: {dir: log}
+""")
+    result = station("replay", "frames", "-c", str(cfg), "--as-fast-as-possible", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "parts           10" in out and "accuracy 50.00%" in out
+    assert "escapes         5" in out and "false rejects   0" in out
+    assert "capture->verdict p50" in out
+    export = station("trace", "export", "-c", str(cfg), "--since", "1h", "--csv", cwd=tmp_path)
+    assert export.returncode == 0, export.stderr
+    table = list(csv.DictReader(io.StringIO(export.stdout)))
+    assert len(table) == 10 and {"seq", "decision", "reason", "image_sha256", "config_sha256"} <= set(table[0])
+    future = station("trace", "export", "--db", str(tmp_path / "log" / "trace.sqlite"), "--since", "2999-01-01")
+    assert future.returncode == 0 and len(future.stdout.splitlines()) == 1  # header only
+    bad = station("trace", "export", "--db", str(tmp_path / "log" / "trace.sqlite"), "--since", "yesterday")
+    assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+def test_bench_prints_stage_table(tmp_path):
+    make_tiny_model(tmp_path / "tiny.pt")
+    cfg = write_config(tmp_path / "s.yaml", """
+camera: {kind: synthetic}
+model: {path: tiny.pt, device: cpu}
+reject: {actuator: {kind: log}}
+""")
+    result = station("bench", "-c", str(cfg), "-n", "30", "--repeats", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for stage in ("inference (preprocess + model)", "capture -> verdict", "capture -> actuator command",
+                  "sustained parts/s"):
+        assert stage in result.stdout
+    assert not (tmp_path / "var").exists(), "bench writes its log to a temporary folder"
+
+
+def test_demo_runs_with_simulated_plc(tmp_path):
+    """The Quick start demo, with a tiny model when the shipped one is not built yet."""
+    shipped = REPO / "models" / "impeller-resnet18.pt"
+    config = (REPO / "config" / "demo.yaml").read_text()
+    config = config.replace("../var/demo", str(tmp_path / "demo-log"))
+    if not shipped.exists():
+        make_tiny_model(tmp_path / "tiny.pt")
+        config = config.replace("../models/impeller-resnet18.pt", str(tmp_path / "tiny.pt"))
+    else:
+        config = config.replace("../models/impeller-resnet18.pt", str(shipped))
+    cfg = write_config(tmp_path / "demo.yaml", config)
+    result = station("demo", "-c", str(cfg), "--parts", "8", "--rate", "5")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("part ") >= 8
+    assert "PLC simulated by pymodbus on 127.0.0.1" in result.stdout and "PLC saw" in result.stdout
+    rows = sqlite3.connect(tmp_path / "demo-log" / "trace.sqlite").execute("SELECT decision FROM parts").fetchall()
+    assert len(rows) == 8
+    rejects = sum(1 for (d,) in rows if d == "reject")
+    if rejects:
+        assert f"PLC saw         {rejects} reject pulse(s)" in result.stdout
