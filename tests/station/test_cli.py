@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_frames, make_tiny_model, write_config
+from support import REPO, make_frames, make_tiny_model, write_config
 
 STATION = [sys.executable, "-m", "station.cli"]
 

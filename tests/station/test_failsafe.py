@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import torch
-from conftest import make_frames, make_tiny_model, write_config
+from support import make_frames, make_tiny_model, write_config
 
 from station.app import Station
 from station.artifact import ArtifactMetadata, build_model, save_artifact

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import make_frames, write_config
+from support import make_frames, write_config
 
 from station.app import Station
 from station.classifier import Classifier
@@ -59,7 +59,7 @@ def rows(db: Path) -> list[sqlite3.Row]:
 def test_replay_200_frames_one_row_each_and_one_timed_pulse_per_reject(tmp_path, sim_plc):
     frames = make_frames(tmp_path / "frames", defective=100, ok=100, size=64)
     model = (tmp_path / "tiny.pt")
-    from conftest import make_tiny_model
+    from support import make_tiny_model
     make_tiny_model(model)
     threshold = median_threshold(model, frames)
     cfg = load_config(station_yaml(tmp_path, port=sim_plc.port, threshold=threshold, rate=20, frames=frames))
@@ -94,7 +94,7 @@ def test_replay_200_frames_one_row_each_and_one_timed_pulse_per_reject(tmp_path,
 
 
 def test_plc_killed_and_restarted_mid_run_loses_no_row(tmp_path):
-    from conftest import make_tiny_model
+    from support import make_tiny_model
 
     from station.actuators.sim_server import start_sim_server
 
@@ -141,7 +141,7 @@ def test_plc_killed_and_restarted_mid_run_loses_no_row(tmp_path):
 
 
 def test_station_threads_stop_and_rows_complete_on_stop_mid_run(tmp_path, sim_plc):
-    from conftest import make_tiny_model
+    from support import make_tiny_model
 
     frames = make_frames(tmp_path / "frames", defective=30, ok=30, size=64)
     make_tiny_model(tmp_path / "tiny.pt")

@@ -1,0 +1,63 @@
+"""Helpers shared by the tests: component checks, tiny untrained models, labelled frame folders.
+
+Imported as `support` (tests/ is on sys.path through tests/conftest.py); the fixtures that use these
+live in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_component(available: bool, what: str) -> None:
+    """Skip (developer machine) or fail (CI) when a real component the test needs is missing."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is missing; CI must provide it (see .ci/run)")
+    pytest.skip(f"{what} is not installed here")
+
+
+def casting_data_dir() -> Path:
+    return Path(os.environ.get("CASTING_DATA_DIR", REPO.parent / "shared" / "data" / "casting"))
+
+
+def make_tiny_model(path: Path, *, threshold: float = 0.5, input_size: int = 64, seed: int = 0) -> Path:
+    """An untrained TinyNet artifact: real file format, real loading path, meaningless verdicts."""
+    import torch
+
+    from station.artifact import ArtifactMetadata, TinyNet, save_artifact
+    from station.preprocess import Preprocess
+
+    torch.manual_seed(seed)
+    model = TinyNet(2).eval()
+    meta = ArtifactMetadata(architecture="tinynet", class_names=("def_front", "ok_front"),
+                            defective_class="def_front", preprocess=Preprocess(input_size=input_size),
+                            recommended_threshold=threshold, model_name="tiny-test")
+    save_artifact(path, model, meta)
+    return path
+
+
+def make_frames(folder: Path, *, defective: int, ok: int, size: int = 96, seed: int = 0) -> Path:
+    """Labelled frames rendered by the station's own renderer (never casting images)."""
+    from station.cameras.synthetic import render_impeller
+
+    rng = np.random.default_rng(seed)
+    for label, count, is_def in (("def_front", defective, True), ("ok_front", ok, False)):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.fromarray(render_impeller(rng, size, defective=is_def)).save(folder / label / f"{label}_{i:04d}.png")
+    return folder
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
