@@ -89,6 +89,25 @@ class TraceLogSection(_Strict):
                              description="Rows held in memory while the disk fails before alarming.")
 
 
+class ServiceSection(_Strict):
+    startup: Literal["wait", "degraded"] = Field(
+        "wait", description="wait: report ready only once camera, model and PLC are up, and fail the start "
+                            "after startup_timeout_s; degraded: report ready after startup_timeout_s anyway, "
+                            "with the alarms raised.")
+    startup_timeout_s: float = Field(30.0, ge=1, le=600,
+                                     description="How long start-up waits for the camera and the PLC, s.")
+    stall_s: float = Field(10.0, ge=1, le=600,
+                           description="A stage whose heartbeat is older than this is silent (hung), s.")
+    inference_hang_s: float = Field(10.0, ge=0.5, le=600,
+                                    description="Scoring one frame longer than this means the inference "
+                                                "worker is hung, s.")
+    max_restarts: int = Field(3, ge=0, le=100,
+                              description="Restarts of one dead stage allowed within restart_window_s "
+                                          "before the supervisor gives up (0: never restart).")
+    restart_window_s: float = Field(300.0, ge=1, le=86_400,
+                                    description="Window over which max_restarts is counted, s.")
+
+
 class StationConfig(_Strict):
     station: StationSection = Field(default_factory=StationSection)
     line: LineSection = Field(default_factory=LineSection)
@@ -100,6 +119,7 @@ class StationConfig(_Strict):
     alarm: AlarmSection = Field(default_factory=AlarmSection)
     queues: QueueSection = Field(default_factory=QueueSection)
     tracelog: TraceLogSection = Field(default_factory=TraceLogSection)
+    service: ServiceSection = Field(default_factory=ServiceSection)
 
     @model_validator(mode="after")
     def _timing_fits(self) -> StationConfig:
