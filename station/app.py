@@ -4,6 +4,8 @@ Start: trace log -> model (refuses to start on a bad model) -> actuators (a PLC 
 alarm, not a failure) -> reject scheduler, deadline watch, inference worker -> camera capture.
 Stop: capture first, then every part in flight is scored or failed safe, every scheduled pulse
 fires, outputs are switched off, and the trace log is flushed and closed; no thread is left.
+While running, the service's supervisor may `restart_stage` a stage thread that died (a fresh thread
+from the same factory, on the same queues and state), and SIGHUP calls `reload` (`station.reload`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
 import uuid
@@ -26,6 +29,7 @@ from station.configfile import LoadedConfig
 from station.decision import DeadlineWatch, DecisionMaker, DecisionSettings
 from station.health import Health, Stats
 from station.records import ActuationReport, Frame, Prediction, Reason, Verdict
+from station.reload import ReloadResult, apply_reload
 from station.scheduler import RejectScheduler
 from station.tracelog import RunInfo, TraceLog
 
@@ -75,14 +79,10 @@ class Station:
             else self.classifier.recommended_threshold
         if self.camera is None:
             self.camera = build_camera(cfg.camera)
-        self.tracelog = TraceLog(
-            cfg.tracelog.dir,
+        self.tracelog = self._new_tracelog(
             RunInfo(run_id=self.run_id, station_id=cfg.station.id, camera_id=self.camera.describe(),
                     model_id=self.classifier.model_id, model_sha256=self.classifier.artifact.sha256,
-                    config_sha256=self.loaded.sha256),
-            images=cfg.tracelog.images, sample_every_n=cfg.tracelog.sample_every_n,
-            image_format=cfg.tracelog.image_format, disk_budget_mb=cfg.tracelog.disk_budget_mb,
-            max_backlog=cfg.tracelog.max_backlog, on_alarm=self.set_alarm)
+                    config_sha256=self.loaded.sha256))
         first_seq = self.tracelog.next_seq()
         self.reject_actuator = build_actuator(cfg.reject.actuator, name="reject")
         self._open_actuator(self.reject_actuator, "reject_actuator")
@@ -93,17 +93,10 @@ class Station:
             DecisionSettings(threshold=threshold, deadline_ms=cfg.decision.deadline_ms,
                              fail_safe=cfg.decision.fail_safe),
             on_verdict=self._on_verdict, on_late=self._on_late)
-        self.scheduler = RejectScheduler(
-            self.reject_actuator, delay_ms=cfg.reject.delay_ms, pulse_ms=cfg.reject.pulse_ms,
-            late_tolerance_ms=cfg.reject.late_tolerance_ms, on_report=self._on_report, on_alarm=self.set_alarm)
+        self.scheduler = self._new_scheduler(self.reject_actuator)
         self.deadline_watch = DeadlineWatch(self.decision)
         self.worker = InferenceWorker(self.frames, self.classifier, self.decision.on_prediction)
-        reconnect = getattr(cfg.camera, "reconnect", None)
-        backoff = {} if reconnect is None else {"reconnect_min_s": reconnect.min_backoff_ms / 1000.0,
-                                                "reconnect_max_s": reconnect.max_backoff_ms / 1000.0}
-        self.capture = CaptureThread(self.camera, self.frames, self.decision, first_seq=first_seq,
-                                     on_alarm=self.set_alarm,
-                                     expected_size=(cfg.frame.width_px, cfg.frame.height_px), **backoff)
+        self.capture = self._new_capture(first_seq)
         self.tracelog.start()
         self.tracelog.event("INFO", "start", f"run {self.run_id}: model {self.classifier.model_id}, "
                                              f"threshold {threshold:g}, camera {self.camera.describe()}")
@@ -111,12 +104,36 @@ class Station:
         self.deadline_watch.start()
         self.worker.start()
         self.capture.start()
-        self._housekeeping = threading.Thread(target=self._housekeep, name="housekeeping", daemon=True)
+        self._housekeeping = self._new_housekeeping()
         self._housekeeping.start()
         self.started = True
         log.info("station %s started: run %s, model %s (threshold %g), camera %s, reject via %s",
                  cfg.station.id, self.run_id, self.classifier.model_id, threshold, self.camera.describe(),
                  self.reject_actuator.describe())
+
+    # ---- stage factories (start, and the supervisor's restarts) ------------------------------------
+    def _new_scheduler(self, actuator: Actuator) -> RejectScheduler:
+        r = self.config.reject
+        return RejectScheduler(actuator, delay_ms=r.delay_ms, pulse_ms=r.pulse_ms,
+                               late_tolerance_ms=r.late_tolerance_ms, on_report=self._on_report,
+                               on_alarm=self.set_alarm)
+
+    def _new_capture(self, first_seq: int) -> CaptureThread:
+        cfg = self.config
+        assert self.camera is not None and self.decision is not None
+        reconnect = getattr(cfg.camera, "reconnect", None)
+        backoff = {} if reconnect is None else {"reconnect_min_s": reconnect.min_backoff_ms / 1000.0,
+                                                "reconnect_max_s": reconnect.max_backoff_ms / 1000.0}
+        return CaptureThread(self.camera, self.frames, self.decision, first_seq=first_seq, on_alarm=self.set_alarm,
+                             expected_size=(cfg.frame.width_px, cfg.frame.height_px), **backoff)
+
+    def _new_tracelog(self, run: RunInfo) -> TraceLog:
+        t = self.config.tracelog
+        return TraceLog(t.dir, run, images=t.images, sample_every_n=t.sample_every_n, image_format=t.image_format,
+                        disk_budget_mb=t.disk_budget_mb, max_backlog=t.max_backlog, on_alarm=self.set_alarm)
+
+    def _new_housekeeping(self) -> threading.Thread:
+        return threading.Thread(target=self._housekeep, name="housekeeping", daemon=True)
 
     def _open_actuator(self, actuator: Actuator, alarm: str) -> None:
         try:
@@ -257,3 +274,90 @@ class Station:
     def threads(self) -> list[threading.Thread]:
         return [t for t in (self.capture, self.worker, self.deadline_watch, self.scheduler, self.tracelog,
                             self._housekeeping) if t is not None]
+
+    def stages(self) -> dict[str, threading.Thread | None]:
+        """The stage threads by the names the supervisor, the logs and `restart_stage` use."""
+        return {"capture": self.capture, "inference": self.worker, "deadline": self.deadline_watch,
+                "scheduler": self.scheduler, "tracelog": self.tracelog, "housekeeping": self._housekeeping}
+
+    def record_event(self, level: str, kind: str, message: str) -> None:
+        """An event row in the trace log (reloads, supervisor actions) next to the parts it concerns."""
+        if self.tracelog is not None:
+            self.tracelog.event(level, kind, message)
+
+    # ---- supervisor restarts -----------------------------------------------------------------------
+    def restart_stage(self, name: str) -> threading.Thread:
+        """Replace a stage thread that has exited (crashed) by a fresh one on the same queues and state.
+
+        Only a dead thread is replaced: a thread that still runs, even a hung one, would end up doubled
+        (two threads on one camera, one queue), so a hang is the watchdog's job, not this one's.
+        """
+        old = self.stages().get(name)
+        if old is None or not self.started or self.stopped:
+            raise RuntimeError(f"stage {name!r} cannot be restarted now")
+        if old.is_alive():
+            raise RuntimeError(f"stage {name!r} is still running; only a dead stage is restarted")
+        assert self.decision is not None and self.classifier is not None
+        new: threading.Thread
+        if name == "capture":
+            assert isinstance(old, CaptureThread)
+            new = self._new_capture(first_seq=old.next_seq)  # seq stays unique: numbering goes on
+            for counter in ("captured", "overruns", "bad_frames", "reconnects"):
+                setattr(new, counter, getattr(old, counter))
+            self.capture = new
+        elif name == "inference":
+            assert isinstance(old, InferenceWorker)
+            # The part it was scoring is still pending: the deadline watch gives it its fail-safe verdict.
+            new = InferenceWorker(self.frames, old.classifier, self.decision.on_prediction)
+            new.scored, new.errors = old.scored, old.errors
+            self.worker = new
+        elif name == "deadline":
+            new = self.deadline_watch = DeadlineWatch(self.decision)
+        elif name == "scheduler":
+            assert isinstance(old, RejectScheduler)
+            new = self._new_scheduler(old.actuator)
+            _hand_over_commands(old, new)
+            self.scheduler = new
+        elif name == "tracelog":
+            assert isinstance(old, TraceLog)
+            new = self._new_tracelog(old.run_info)
+            _hand_over_records(old, new)
+            self.tracelog = new
+        elif name == "housekeeping":
+            new = self._housekeeping = self._new_housekeeping()
+        else:
+            raise KeyError(name)
+        new.start()
+        log.warning("stage %s restarted (the previous thread had exited)", name)
+        self.record_event("WARNING", "stage_restart", f"{name} restarted after its thread exited")
+        return new
+
+    # ---- live reload (SIGHUP) ----------------------------------------------------------------------
+    def reload(self, loaded: LoadedConfig) -> ReloadResult:
+        """Apply a new, validated config live where it can change; see `station.reload`."""
+        return apply_reload(self, loaded)
+
+
+def _hand_over_commands(old: RejectScheduler, new: RejectScheduler) -> None:
+    """Move the rejects a dead scheduler still held (and a pending 'off') to its replacement.
+
+    The scheduler has no public hand-over; these are its internal queue and output state, moved
+    under its own lock so that no reject and no switch-off is lost with the dead thread.
+    """
+    with old._cond:
+        new._heap, new._order = old._heap, old._order
+        new._output_on, new._off_due_ns = old._output_on, old._off_due_ns
+        new.pulses, new.merged, new.failures = old.pulses, old.merged, old.failures
+        old._heap = []
+
+
+def _hand_over_records(old: TraceLog, new: TraceLog) -> None:
+    """Give a dead trace-log writer's queued and held-back records to its replacement (same run)."""
+    new._queue, new._backlog = old._queue, old._backlog  # the same queue: later records follow in order
+    new.rows_written, new.write_errors, new.pruned = old.rows_written, old.write_errors, old.pruned
+    if old._conn is not None:
+        try:
+            old._conn.close()
+        except sqlite3.Error as exc:
+            log.warning("closing the dead trace-log writer's connection: %s", exc)
+        old._conn = None

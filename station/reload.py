@@ -1,0 +1,194 @@
+"""Live reload (SIGHUP): apply a new, validated station YAML to the running `Station` where it can change.
+
+Live: decision threshold/deadline/fail-safe, reject delay/pulse, actuator settings of the same kind
+(a new actuator is opened, swapped under the scheduler, the old one closed with its output off),
+the model file (the new one is loaded and verified before it replaces the old), the image policy,
+the frame size check and the log level. Only a restart can change the camera, the queue size, the
+trace-log folder, the station id and an actuator's kind: those are reported as "needs restart" and
+left as they run. Everything that can fail is done before anything is applied, so a reload that
+fails raises `ReloadError` and leaves the station exactly as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from station.actuators import build_actuator
+from station.actuators.base import Actuator, ActuatorError
+from station.artifact import ModelArtifactError, file_sha256
+from station.classifier import Classifier
+from station.config import StationConfig
+from station.configfile import LoadedConfig
+from station.decision import DecisionSettings
+
+if TYPE_CHECKING:
+    from station.app import Station
+
+log = logging.getLogger("station.reload")
+
+
+class ReloadError(RuntimeError):
+    """A reload that cannot be applied; the running station is unchanged."""
+
+
+@dataclasses.dataclass
+class ReloadResult:
+    applied: list[str] = dataclasses.field(default_factory=list)
+    needs_restart: list[str] = dataclasses.field(default_factory=list)
+
+    def line(self) -> str:
+        applied = "; ".join(self.applied) if self.applied else "nothing changed"
+        if self.needs_restart:
+            return f"applied: {applied}; needs restart (not applied): {', '.join(self.needs_restart)}"
+        return f"applied: {applied}"
+
+
+def _kind(actuator_config: object | None) -> str | None:
+    return None if actuator_config is None else getattr(actuator_config, "kind")
+
+
+def restart_only_changes(old: StationConfig, new: StationConfig) -> list[str]:
+    """Keys whose change only a restart can apply."""
+    checks = (("camera", new.camera != old.camera), ("queues", new.queues != old.queues),
+              ("tracelog.dir", new.tracelog.dir != old.tracelog.dir),
+              ("station.id", new.station.id != old.station.id),
+              ("reject.actuator.kind", new.reject.actuator.kind != old.reject.actuator.kind),
+              ("alarm.actuator", _kind(new.alarm.actuator) != _kind(old.alarm.actuator)))
+    return [key for key, changed in checks if changed]
+
+
+def effective_config(old: StationConfig, new: StationConfig, needs_restart: list[str]) -> StationConfig:
+    """`new` with the restart-only settings kept as they run, so the station's config stays true."""
+    reject = new.reject if "reject.actuator.kind" not in needs_restart \
+        else new.reject.model_copy(update={"actuator": old.reject.actuator})
+    return new.model_copy(update={
+        "camera": old.camera, "queues": old.queues,
+        "station": new.station.model_copy(update={"id": old.station.id}),
+        "tracelog": new.tracelog.model_copy(update={"dir": old.tracelog.dir}),
+        "reject": reject, "alarm": old.alarm if "alarm.actuator" in needs_restart else new.alarm})
+
+
+def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
+    if not station.started or station.stopped:
+        raise ReloadError("the station is not running")
+    old = station.config
+    assert station.decision and station.scheduler and station.tracelog and station.classifier
+    assert station.reject_actuator is not None and station.capture is not None and station.worker is not None
+    result = ReloadResult(needs_restart=restart_only_changes(old, loaded.config))
+    new = effective_config(old, loaded.config, result.needs_restart)
+
+    # 1. Prepare: nothing below touches the running station until all of it succeeded.
+    classifier = load_changed_model(station.classifier, old, new)
+    new_reject = new_alarm = None
+    try:
+        if new.reject.actuator != old.reject.actuator:
+            new_reject = open_for_reload(new.reject.actuator, "reject")
+        if new.alarm.actuator is not None and new.alarm.actuator != old.alarm.actuator:
+            new_alarm = open_for_reload(new.alarm.actuator, "alarm")
+    except ReloadError:
+        if new_reject is not None:
+            with new_reject.lock:
+                new_reject.close()
+        raise
+
+    # 2. Apply, each from its next part on.
+    if classifier is not None:
+        station.worker.classifier = station.classifier = classifier
+        result.applied.append(f"model {classifier.model_id}")
+    threshold = new.decision.threshold if new.decision.threshold is not None \
+        else station.classifier.recommended_threshold
+    settings = DecisionSettings(threshold=threshold, deadline_ms=new.decision.deadline_ms,
+                                fail_safe=new.decision.fail_safe)
+    if settings != station.decision.settings:
+        station.decision.update_settings(settings)
+        result.applied.append(f"decision (threshold {threshold:g}, deadline {settings.deadline_ms:g} ms, "
+                              f"fail_safe {settings.fail_safe})")
+    r = new.reject
+    if (r.delay_ms, r.pulse_ms, r.late_tolerance_ms) != (old.reject.delay_ms, old.reject.pulse_ms,
+                                                          old.reject.late_tolerance_ms):
+        station.scheduler.update_timing(delay_ms=r.delay_ms, pulse_ms=r.pulse_ms, late_tolerance_ms=r.late_tolerance_ms)
+        result.applied.append(f"reject timing (delay {r.delay_ms:g} ms, pulse {r.pulse_ms:g} ms)")
+    if new_reject is not None:
+        swap_reject_actuator(station, new_reject, pulse_ms=old.reject.pulse_ms)
+        result.applied.append(f"reject actuator {new_reject.describe()}")
+    if new_alarm is not None:
+        previous, station.alarm_actuator = station.alarm_actuator, new_alarm
+        station._alarm_output_state = None  # housekeeping drives the new output to the current health
+        if previous is not None:
+            with previous.lock:
+                previous.close()
+        result.applied.append(f"alarm actuator {new_alarm.describe()}")
+    t = new.tracelog
+    if t != old.tracelog:
+        # The writer thread reads these for each part; plain attribute stores are atomic.
+        tl = station.tracelog
+        tl.images, tl.sample_every_n, tl.image_format = t.images, t.sample_every_n, t.image_format
+        tl.max_backlog, tl.disk_budget_bytes = t.max_backlog, int(t.disk_budget_mb * 1024 * 1024)
+        result.applied.append(f"image policy ({t.images}, every {t.sample_every_n}, {t.image_format}, "
+                              f"budget {t.disk_budget_mb:g} MB)")
+    if new.frame != old.frame:
+        station.capture.expected_w, station.capture.expected_h = new.frame.width_px, new.frame.height_px
+        result.applied.append("frame size check")
+    if new.station.log_level != old.station.log_level:
+        logging.getLogger().setLevel(new.station.log_level)
+        result.applied.append(f"log level {new.station.log_level}")
+    if (new.service, new.line, new.station.summary_interval_s) != (old.service, old.line,
+                                                                    old.station.summary_interval_s):
+        result.applied.append("service, line and summary settings")
+    station.tracelog.run_info = dataclasses.replace(
+        station.tracelog.run_info, model_id=station.classifier.model_id,
+        model_sha256=station.classifier.artifact.sha256, config_sha256=loaded.sha256)
+    station.loaded = dataclasses.replace(loaded, config=new)
+    station.config = new
+    station.record_event("INFO", "reload", result.line())
+    return result
+
+
+def load_changed_model(running: Classifier, old: StationConfig, new: StationConfig) -> Classifier | None:
+    """A new, verified classifier when the model path, the file's content or its device changed; else None."""
+    m = new.model
+    try:
+        same_file = m.path == old.model.path and file_sha256(m.path) == running.artifact.sha256
+    except OSError as exc:
+        raise ReloadError(f"model.path {m.path}: {exc.strerror or exc}; "
+                          f"the running model {running.model_id} is kept") from exc
+    if same_file and (m.device, m.warmup_runs) == (old.model.device, old.model.warmup_runs):
+        return None
+    try:
+        # Loading verifies it: format, architecture, tensor shapes, finite weights, an output probe.
+        return Classifier.from_file(m.path, device=m.device, warmup_runs=m.warmup_runs)
+    except ModelArtifactError as exc:
+        raise ReloadError(f"{exc}; the running model {running.model_id} is kept") from exc
+
+
+def open_for_reload(config: object, name: str) -> Actuator:
+    actuator = build_actuator(config, name=name)
+    try:
+        with actuator.lock:
+            actuator.open()
+    except ActuatorError as exc:
+        with actuator.lock:
+            actuator.close()
+        raise ReloadError(f"new {name} actuator {actuator.describe()} cannot be opened: {exc}; "
+                          f"the running one is kept") from exc
+    return actuator
+
+
+def swap_reject_actuator(station: Station, new: Actuator, *, pulse_ms: float) -> None:
+    """Route the scheduler's next command to `new`, then close the old output (drives it off).
+
+    A pulse the old output is giving right now keeps its width: the old output is closed one pulse
+    width after the swap, not at once.
+    """
+    assert station.scheduler is not None and station.reject_actuator is not None
+    previous = station.reject_actuator
+    with previous.lock:  # a command in progress on the old output completes first
+        station.scheduler.actuator = new
+        station.reject_actuator = new
+    time.sleep(pulse_ms / 1000.0)
+    with previous.lock:
+        previous.close()
+    log.info("reject actuator swapped: %s -> %s (old output closed, off)", previous.describe(), new.describe())
