@@ -1,0 +1,230 @@
+"""`station install`: put the systemd unit, a station config and the model in place on a Debian machine.
+
+It creates the `inspection-station` system user, writes `/etc/inspection-station/station.yaml`
+from `config/station.yaml` with absolute paths (model under `/var/lib/inspection-station/models/`,
+trace log under `/var/log/inspection-station/`), copies and verifies the model, renders the unit
+into `/etc/systemd/system/` with the real path of the `station` command, and prints the systemctl
+commands to enable it. `--root DIR` installs into a staging root (packaging, tests) and never
+touches users; `--dry-run` prints the actions only. An existing config is kept unless `--force`:
+the operator's edits survive a reinstall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from station.configfile import ConfigError, parse_config_text
+
+REPO = Path(__file__).resolve().parent.parent
+UNIT_NAME = "inspection-station.service"
+UNIT_SOURCE = REPO / "systemd" / UNIT_NAME
+CONFIG_SOURCE = REPO / "config" / "station.yaml"
+DEFAULT_MODEL = REPO / "models" / "impeller-resnet18.pt"
+UNIT_STATION_BIN = "/opt/inspection-station/venv/bin/station"  # placeholder in the unit file
+
+USER = "inspection-station"
+CONFIG_DIR = Path("/etc/inspection-station")
+STATE_DIR = Path("/var/lib/inspection-station")
+LOGS_DIR = Path("/var/log/inspection-station")
+UNIT_DIR = Path("/etc/systemd/system")
+
+
+@dataclass(frozen=True)
+class Action:
+    describe: str
+    apply: Callable[[], None]
+
+
+def add_install_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("install", help="install the systemd unit, config and model (Debian)")
+    p.add_argument("--root", default="/", help="install below this folder instead of / (staging, tests)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="model artifact to install")
+    p.add_argument("--config", default=str(CONFIG_SOURCE), help="station YAML to start from")
+    p.add_argument("--station-bin", default=None,
+                   help="path of the `station` command the unit runs (default: the one beside this Python)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing /etc/inspection-station/station.yaml")
+    return p
+
+
+def default_station_bin() -> Path | None:
+    beside = Path(sys.executable).parent / "station"
+    if beside.exists():
+        return beside
+    found = shutil.which("station")
+    return Path(found) if found else None
+
+
+def set_yaml_value(text: str, section: str, key: str, value: str) -> str:
+    """Replace `key`'s value inside top-level `section`, keeping its comment (and its column)."""
+    out, current, done = [], None, False
+    pattern = re.compile(rf"^(  {re.escape(key)}:)(\s*)([^#\n]*?)(\s*)(#.*)?$")
+    for line in text.splitlines(keepends=True):
+        head = re.match(r"^([A-Za-z_]\w*):", line)
+        if head:
+            current = head.group(1)
+        m = pattern.match(line.rstrip("\n"))
+        if not done and current == section and m:
+            body = f"{m.group(1)} {value}"
+            comment = m.group(5)
+            if comment:
+                column = len(m.group(1)) + len(m.group(2)) + len(m.group(3)) + len(m.group(4))
+                body = body.ljust(column - 1) + " " + comment
+            line = body + "\n"
+            done = True
+        out.append(line)
+    if not done:
+        raise ValueError(f"{section}.{key} not found in the config template")
+    return "".join(out)
+
+
+def render_config(template: str, model_name: str) -> str:
+    text = set_yaml_value(template, "model", "path", str(STATE_DIR / "models" / model_name))
+    text = set_yaml_value(text, "tracelog", "dir", str(LOGS_DIR / "tracelog"))
+    try:
+        text = set_yaml_value(text, "camera", "path", str(STATE_DIR / "frames"))
+    except ValueError:
+        pass  # a camera kind without a path (a real camera): nothing to anchor
+    return text
+
+
+def render_unit(template: str, station_bin: Path) -> str:
+    return template.replace(UNIT_STATION_BIN, str(station_bin))
+
+
+def plan(args: argparse.Namespace) -> tuple[list[Action], list[str]]:
+    """The install actions, and warnings; raises SystemExit(2) with a message on bad input."""
+    root = Path(args.root).resolve()
+    staging = root != Path("/")
+
+    def at(path: Path) -> Path:
+        return root / path.relative_to("/")
+
+    warnings: list[str] = []
+    model = Path(args.model)
+    if not model.is_file():
+        raise _fail(f"model {model} does not exist: build it (training/README) or pass --model FILE")
+    from station.artifact import ModelArtifactError, load_artifact
+
+    try:
+        artifact = load_artifact(model)
+    except ModelArtifactError as exc:
+        raise _fail(f"model refused: {exc}") from exc
+    station_bin = Path(args.station_bin) if args.station_bin else default_station_bin()
+    if station_bin is None or not station_bin.exists():
+        raise _fail("the `station` command was not found; pass --station-bin PATH")
+    station_bin = station_bin.absolute()
+    if station_bin.parts[1:2] in (("home",), ("root",)):
+        warnings.append(f"{station_bin} is under /{station_bin.parts[1]}, which the unit hides (ProtectHome=true): "
+                        f"install the venv under /opt/inspection-station and pass --station-bin")
+    try:
+        config_text = render_config(Path(args.config).read_text(encoding="utf-8"), model.name)
+        parse_config_text(config_text, source=args.config)
+    except (OSError, ValueError) as exc:  # ConfigError is a ValueError
+        detail = str(exc) if isinstance(exc, ConfigError) else f"{args.config}: {exc}"
+        raise _fail(f"config template unusable: {detail}") from exc
+    unit_text = render_unit(UNIT_SOURCE.read_text(encoding="utf-8"), station_bin)
+
+    actions: list[Action] = []
+    if staging:
+        warnings.append(f"staging root {root}: system user {USER!r} not created; on the target run: "
+                        + " ".join(useradd_command()))
+    elif _user_exists(USER):
+        warnings.append(f"system user {USER!r} exists: kept")
+    else:
+        actions.append(Action(f"create system user {USER!r}: {' '.join(useradd_command())}",
+                              lambda: _run(useradd_command())))
+    for folder in (CONFIG_DIR, STATE_DIR / "models", LOGS_DIR, UNIT_DIR):
+        actions.append(Action(f"create folder {at(folder)}", lambda f=at(folder): f.mkdir(parents=True, exist_ok=True)))
+    model_dest = at(STATE_DIR / "models" / model.name)
+    actions.append(Action(f"install model {model} -> {model_dest} ({artifact.model_id})",
+                          lambda: _copy(model, model_dest, mode=0o644)))
+    config_dest = at(CONFIG_DIR / "station.yaml")
+    if config_dest.exists() and not args.force:
+        warnings.append(f"{config_dest} exists: kept (use --force to replace it)")
+    else:
+        actions.append(Action(f"write config {config_dest} (model and trace log paths absolute)",
+                              lambda: _write(config_dest, config_text, mode=0o640, group=None if staging else USER)))
+    unit_dest = at(UNIT_DIR / UNIT_NAME)
+    actions.append(Action(f"write unit {unit_dest} (ExecStart={station_bin} run ...)",
+                          lambda: _write(unit_dest, unit_text, mode=0o644)))
+    return actions, warnings
+
+
+def useradd_command() -> list[str]:
+    return ["useradd", "--system", "--user-group", "--home-dir", str(STATE_DIR), "--no-create-home",
+            "--shell", "/usr/sbin/nologin", "--comment", "inspection station service", USER]
+
+
+NEXT_STEPS = f"""next steps:
+  systemctl daemon-reload
+  systemctl enable --now {UNIT_NAME}
+  systemctl status {UNIT_NAME}
+  journalctl -u {UNIT_NAME} -f          # the service log (alarms, reloads, summaries)
+  systemctl reload {UNIT_NAME}          # after editing {CONFIG_DIR / 'station.yaml'}"""
+
+
+def run_install(args: argparse.Namespace) -> int:
+    staging = Path(args.root).resolve() != Path("/")
+    if not staging and not args.dry_run and os.geteuid() != 0:
+        print("station install writes to /etc and /var/lib: run it as root (or use --root DIR / --dry-run)",
+              file=sys.stderr)
+        return 2
+    try:
+        actions, warnings = plan(args)
+    except SystemExit as exc:
+        return int(exc.code or 2)
+    for warning in warnings:
+        print(f"note: {warning}")
+    for action in actions:
+        print(("would " if args.dry_run else "") + action.describe)
+        if not args.dry_run:
+            try:
+                action.apply()
+            except (OSError, subprocess.CalledProcessError) as exc:
+                print(f"install failed at: {action.describe}: {exc}", file=sys.stderr)
+                return 1
+    print(NEXT_STEPS)
+    return 0
+
+
+def _fail(message: str) -> SystemExit:
+    print(f"station install: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _run(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True)
+
+
+def _copy(src: Path, dest: Path, *, mode: int) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.chmod(mode)
+    tmp.replace(dest)  # atomic: a running station never sees half a model file
+
+
+def _write(dest: Path, text: str, *, mode: int, group: str | None = None) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.chmod(mode)
+    if group is not None:
+        shutil.chown(tmp, user="root", group=group)  # readable by the service, writable by root only
+    tmp.replace(dest)
