@@ -1,0 +1,145 @@
+"""The systemd unit (systemd-analyze verify, the directives the issue asks for, a comment for every line) and
+`station install` into a staging root: unit, config with absolute paths, verified model, nothing in --dry-run."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import REPO, make_tiny_model, require_component
+
+from station.configfile import load_config
+
+UNIT = REPO / "systemd" / "inspection-station.service"
+PLACEHOLDER = "/opt/inspection-station/venv/bin/station"
+
+
+def station_bin() -> Path:
+    """The `station` command of this venv (systemd-analyze verify checks that ExecStart= exists)."""
+    path = Path(sys.executable).parent / "station"
+    assert path.exists(), f"{path} missing: pip install -e . creates it"
+    return path
+
+
+def directives(text: str) -> list[tuple[str, str, str]]:
+    """(section, key, value) for every directive line."""
+    section, out = "", []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out.append((section, key, value))
+    return out
+
+
+def verify(unit: Path) -> tuple[int, list[str]]:
+    """Run systemd-analyze verify; return its exit code and the lines it printed about this unit."""
+    require_component(shutil.which("systemd-analyze") is not None, "systemd-analyze (Debian package systemd)")
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "SYSTEMD_LOG_COLOR": "0"})
+    about_unit = [line for line in (result.stdout + result.stderr).splitlines() if unit.name in line]
+    return result.returncode, about_unit
+
+
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
+    rendered = tmp_path / "inspection-station.service"
+    rendered.write_text(UNIT.read_text().replace(PLACEHOLDER, str(station_bin())))
+    rc, complaints = verify(rendered)
+    assert rc == 0 and complaints == [], complaints
+    # The check has teeth: verify names a misspelt directive (it only warns, so warnings count as failure).
+    broken = tmp_path / "broken" / "inspection-station.service"
+    broken.parent.mkdir()
+    broken.write_text(rendered.read_text().replace("WatchdogSec=", "WatchdogSecs="))
+    _, complaints = verify(broken)
+    assert any("WatchdogSecs" in line for line in complaints)
+
+
+def test_unit_has_the_directives_the_plant_relies_on():
+    found = directives(UNIT.read_text())
+    values: dict[str, list[str]] = {}
+    for _, key, value in found:
+        values.setdefault(key, []).append(value)
+    one = {k: v[0] for k, v in values.items()}
+    assert one["Type"] == "notify" and one["NotifyAccess"] == "main"
+    assert float(one["WatchdogSec"]) > 0 and one["Restart"] == "on-failure"
+    assert int(one["StartLimitBurst"]) >= 1 and int(one["StartLimitIntervalSec"]) > 0
+    assert one["ExecStartPre"] == f"{PLACEHOLDER} check-config /etc/inspection-station/station.yaml"
+    assert one["ExecStart"] == f"{PLACEHOLDER} run -c /etc/inspection-station/station.yaml"
+    assert one["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert one["StateDirectory"] == one["LogsDirectory"] == one["ConfigurationDirectory"] == "inspection-station"
+    assert one["User"] == "inspection-station" and set(one["SupplementaryGroups"].split()) == {"video", "dialout"}
+    assert one["ProtectSystem"] == "strict" and one["ProtectHome"] == "true" and one["NoNewPrivileges"] == "true"
+    assert one["DevicePolicy"] == "closed"
+    allowed = {v.split()[0] for v in values["DeviceAllow"]}
+    assert allowed == {"char-video4linux", "char-ttyUSB", "char-ttyACM", "char-usb_device", "char-nvidia*"}
+    assert float(one["TimeoutStopSec"]) >= 10 and one["RestartPreventExitStatus"] == "2"
+    assert one["WantedBy"] == "multi-user.target"
+
+
+def test_every_unit_line_says_why():
+    lines = UNIT.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line and not line.startswith(("#", "[")):
+            assert lines[i - 1].startswith("#"), f"line {i + 1} ({line}) has no comment above it"
+
+
+# ---- station install -------------------------------------------------------------------------------------
+def install(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "station.cli", "install", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_install_into_a_staging_root(tmp_path):
+    model = make_tiny_model(tmp_path / "impeller-test.pt")
+    root = tmp_path / "root"
+    result = install("--root", str(root), "--model", str(model), "--station-bin", str(station_bin()))
+    assert result.returncode == 0, result.stderr
+    unit = root / "etc/systemd/system/inspection-station.service"
+    config = root / "etc/inspection-station/station.yaml"
+    installed_model = root / "var/lib/inspection-station/models/impeller-test.pt"
+    assert installed_model.read_bytes() == model.read_bytes()
+    assert f"ExecStart={station_bin()} run -c /etc/inspection-station/station.yaml" in unit.read_text()
+    assert PLACEHOLDER not in unit.read_text()
+    # The config is the commented template with absolute paths the service user can reach.
+    loaded = load_config(config).config
+    assert loaded.model.path == Path("/var/lib/inspection-station/models/impeller-test.pt")
+    assert loaded.tracelog.dir == Path("/var/log/inspection-station/tracelog")
+    assert config.read_text().count("#") == (REPO / "config/station.yaml").read_text().count("#")
+    assert oct(config.stat().st_mode & 0o777) == "0o640"
+    assert "systemctl enable --now inspection-station.service" in result.stdout
+    assert "journalctl -u inspection-station.service" in result.stdout
+    rc, complaints = verify(unit)
+    assert rc == 0 and complaints == [], complaints
+
+    # A reinstall keeps the operator's edits; --force replaces them.
+    config.write_text(config.read_text().replace("id: station-1 ", "id: line-7   "))
+    again = install("--root", str(root), "--model", str(model), "--station-bin", str(station_bin()))
+    assert again.returncode == 0 and "exists: kept" in again.stdout
+    assert load_config(config).config.station.id == "line-7"
+    forced = install("--root", str(root), "--model", str(model), "--station-bin", str(station_bin()), "--force")
+    assert forced.returncode == 0 and load_config(config).config.station.id == "station-1"
+
+
+def test_install_dry_run_changes_nothing_and_a_bad_model_is_refused(tmp_path):
+    model = make_tiny_model(tmp_path / "m.pt")
+    root = tmp_path / "root"
+    dry = install("--root", str(root), "--model", str(model), "--station-bin", str(station_bin()), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert re.search(r"^would write unit .*inspection-station.service", dry.stdout, re.M)
+    assert not root.exists()
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    bad = install("--root", str(root), "--model", str(tmp_path / "bad.pt"), "--station-bin", str(station_bin()))
+    assert bad.returncode == 2 and "model refused" in bad.stderr and not root.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="the check is for a non-root user")
+def test_install_to_the_real_root_needs_root(tmp_path):
+    result = install("--model", str(make_tiny_model(tmp_path / "m.pt")))
+    assert result.returncode == 2 and "as root" in result.stderr
