@@ -137,10 +137,7 @@ def run_replay(args: argparse.Namespace) -> int:
         setup_logging("WARNING")
     cam_cfg = replay_camera_config(loaded, frames, rate=args.rate, fast=args.as_fast_as_possible, limit=args.limit)
     station = Station(loaded, camera=ReplayCamera(cam_cfg))
-    try:
-        summary = run_station(station, until_source_ends=True)
-    except Exception:
-        raise
+    summary = run_station(station, until_source_ends=True)
     if summary is None:
         return 2
     if args.json:

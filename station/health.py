@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+from collections import Counter, deque
 from typing import Callable
 
 import numpy as np
@@ -64,10 +64,13 @@ class Health:
         return "ALARM " + "; ".join(f"{k}: {v}" for k, v in sorted(alarms.items()))
 
 
-def percentiles(values: list[float]) -> dict[str, float | None]:
+LATENCY_WINDOW = 100_000
+
+
+def percentiles(values: list[float] | deque[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p99": None, "max": None}
-    arr = np.asarray(values, dtype=np.float64)
+    arr = np.fromiter(values, dtype=np.float64, count=len(values))
     return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "max": float(arr.max())}
 
 
@@ -79,9 +82,10 @@ class Stats:
         self.fail_safe: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()  # tp / tn / escape / false_reject (labelled parts only)
         self.actuator: Counter[str] = Counter()
-        self.decide_ms: list[float] = []
-        self.infer_ms: list[float] = []
-        self.lateness_ms: list[float] = []
+        # Percentiles over the most recent parts: a service runs for months, memory must not grow.
+        self.decide_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.infer_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.lateness_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
     def add_verdict(self, v: Verdict) -> None:
         with self._lock:

@@ -10,8 +10,10 @@ retries; line decisions never wait for the disk.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import json
 import logging
 import os
 import queue
@@ -65,6 +67,7 @@ CREATE TABLE IF NOT EXISTS parts (
     image_error     TEXT
 );
 CREATE INDEX IF NOT EXISTS parts_captured_at ON parts(captured_at);
+CREATE INDEX IF NOT EXISTS parts_unpruned_images ON parts(seq) WHERE image_path IS NOT NULL AND image_pruned = 0;
 CREATE TABLE IF NOT EXISTS runs (
     run_id        TEXT PRIMARY KEY,
     started_at    TEXT NOT NULL,
@@ -85,6 +88,7 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 _STOP = object()
+IMAGE_PAUSE_S = 30.0  # after a disk-full error, images are not kept for this long
 AlarmHook = Callable[[str, str | None], None]
 
 
@@ -137,6 +141,9 @@ class TraceLog(threading.Thread):
         self.rows_written = 0
         self.write_errors = 0
         self.pruned = 0
+        self.unwritten = 0  # records that only reached the service log (disk never recovered)
+        self._images_paused_until = 0.0
+        self._tx_images: list[tuple[Path, int]] = []  # image files written by the open transaction
 
     # ---- called from other threads -------------------------------------------------------------
     def next_seq(self) -> int:
@@ -216,7 +223,9 @@ class TraceLog(threading.Thread):
                 self._flush()
             if stopping:
                 if self._backlog:
-                    log.error("trace log stopping with %d unwritten records (disk failure)", len(self._backlog))
+                    self._flush()  # one last try, the disk may have room again
+                if self._backlog:
+                    self._dump_backlog()
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
@@ -228,6 +237,7 @@ class TraceLog(threading.Thread):
             self._check_backlog()
             time.sleep(0.5)
             return
+        self._tx_images: list[tuple[Path, int]] = []
         try:
             with conn:
                 for kind, args in self._backlog:
@@ -235,6 +245,11 @@ class TraceLog(threading.Thread):
         except (sqlite3.Error, OSError) as exc:
             self.write_errors += 1
             self.on_alarm("tracelog", f"trace log write failed ({len(self._backlog)} records held in memory): {exc}")
+            self._discard_tx_images()
+            if _is_disk_full(exc):
+                self._images_paused_until = time.monotonic() + IMAGE_PAUSE_S
+                self._make_room(conn)
+                return  # retry at once: the rows matter more than the images
             try:
                 conn.close()
             except sqlite3.Error:
@@ -245,6 +260,29 @@ class TraceLog(threading.Thread):
             return
         self._backlog.clear()
         self.on_alarm("tracelog", None)
+
+    def _dump_backlog(self) -> None:
+        """The disk never recovered: put every unwritten record into the service log (journald keeps it
+        on another disk), one JSON line each, so no part's verdict is lost."""
+        log.critical("trace log stopping with %d unwritten record(s); they follow as JSON", len(self._backlog))
+        for kind, args in self._backlog:
+            if kind == "verdict":
+                v, _frame = args
+                record = {"seq": v.seq, "run_id": self.run_info.run_id, "captured_at": iso_utc(v.wall_time),
+                          "decision": v.decision.value, "reason": v.reason.value, "p_defect": v.p_defect,
+                          "threshold": v.threshold, "label": v.label, "source": v.source, "detail": v.detail}
+            elif kind == "actuation":
+                r = args[0]
+                record = {"seq": r.seq, "actuator_result": r.result.value, "fire_lateness_ms": r.lateness_ms,
+                          "actuator_error": r.error}
+            elif kind == "late":
+                p = args[0]
+                record = {"seq": p.seq, "late_p_defect": p.p_defect, "late_infer_ms": p.infer_ms}
+            else:
+                record = {"args": [str(a) for a in args]}
+            log.critical("unwritten trace %s %s", kind, json.dumps(record, default=str))
+        self.unwritten = len(self._backlog)
+        self._backlog.clear()
 
     def _check_backlog(self) -> None:
         if len(self._backlog) > self.max_backlog:
@@ -295,6 +333,8 @@ class TraceLog(threading.Thread):
     def _save_image(self, verdict: Verdict, frame: Frame) -> tuple[str | None, str | None, int | None, str | None]:
         if not self._wants_image(verdict, frame):
             return None, None, None, None
+        if time.monotonic() < self._images_paused_until:
+            return None, None, None, "not kept: disk full"
         when = datetime.fromtimestamp(verdict.wall_time, tz=timezone.utc)
         rel = Path(f"{when:%Y/%m/%d}") / f"{verdict.seq:010d}_{verdict.decision.value}.{self.image_format}"
         data = encode_image(frame.image, self.image_format)
@@ -308,30 +348,61 @@ class TraceLog(threading.Thread):
         except OSError as exc:
             self.write_errors += 1
             self.on_alarm("tracelog_images", f"cannot write image {target}: {exc}")
+            if _is_disk_full(exc):
+                # Rows come first: stop keeping images for a while and free room for the database.
+                self._images_paused_until = time.monotonic() + IMAGE_PAUSE_S
+                self._make_room(None)
             return None, sha, None, f"{type(exc).__name__}: {exc.strerror or exc}"
         self.on_alarm("tracelog_images", None)
         self._image_bytes += len(data)
+        self._tx_images.append((target, len(data)))
         if self._image_bytes > self.disk_budget_bytes:
             self._prune()
         return rel.as_posix(), sha, len(data), None
 
-    def _prune(self) -> None:
-        """Delete the oldest images until the folder is back under 90% of the budget."""
-        assert self._conn is not None
-        goal = int(self.disk_budget_bytes * 0.9)
-        rows = self._conn.execute(
-            "SELECT seq, image_path, image_bytes FROM parts WHERE image_path IS NOT NULL AND image_pruned=0 "
-            "ORDER BY seq").fetchall()
-        for seq, rel, nbytes in rows:
-            if self._image_bytes <= goal:
-                break
+    def _discard_tx_images(self) -> None:
+        """The transaction rolled back: its image files must go too, or they would be orphans."""
+        for path, nbytes in self._tx_images:
             try:
-                (self.images_dir / rel).unlink()
+                path.unlink()
+                self._image_bytes -= nbytes
             except FileNotFoundError:
                 pass
-            self._image_bytes -= nbytes or 0
-            self.pruned += 1
-            self._conn.execute("UPDATE parts SET image_pruned=1 WHERE seq=?", (seq,))
+        self._tx_images = []
+
+    def _make_room(self, conn: sqlite3.Connection | None) -> None:
+        """Disk full: delete the oldest half of the kept images so rows can still be written."""
+        try:
+            if conn is None:
+                self._prune(self._image_bytes // 2)
+            else:
+                with conn:
+                    self._prune(self._image_bytes // 2)
+                # Move the WAL into the database file and truncate it: the WAL only shrinks this way.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (sqlite3.Error, OSError) as exc:
+            log.error("could not free disk space by pruning images: %s", exc)
+
+    def _prune(self, goal: int | None = None) -> None:
+        """Delete the oldest images until the folder is back under `goal` (default 90% of the budget)."""
+        assert self._conn is not None
+        goal = int(self.disk_budget_bytes * 0.9) if goal is None else goal
+        while self._image_bytes > goal:
+            rows = self._conn.execute(
+                "SELECT seq, image_path, image_bytes FROM parts WHERE image_path IS NOT NULL AND image_pruned=0 "
+                "ORDER BY seq LIMIT 500").fetchall()
+            if not rows:
+                break
+            for seq, rel, nbytes in rows:
+                if self._image_bytes <= goal:
+                    break
+                try:
+                    (self.images_dir / rel).unlink()
+                except FileNotFoundError:
+                    pass
+                self._image_bytes -= nbytes or 0
+                self.pruned += 1
+                self._conn.execute("UPDATE parts SET image_pruned=1 WHERE seq=?", (seq,))
 
 
 def encode_image(image: np.ndarray, fmt: str) -> bytes:
@@ -341,6 +412,12 @@ def encode_image(image: np.ndarray, fmt: str) -> bytes:
     else:
         Image.fromarray(image).save(buf, format="JPEG", quality=92)
     return buf.getvalue()
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return "full" in str(exc).lower()
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -103,7 +103,7 @@ tracelog: {dir: log}
     assert summary["fail_safe"] == {"bad_frame": 2}
 
 
-def test_log_folder_that_cannot_be_written_raises_alarm_and_decisions_go_on(tmp_path):
+def test_log_folder_that_cannot_be_written_raises_alarm_and_decisions_go_on(tmp_path, caplog):
     make_frames(tmp_path / "frames", defective=3, ok=3, size=64)
     make_tiny_model(tmp_path / "tiny.pt")
     (tmp_path / "not_a_dir").write_text("a file where the log folder should be")
@@ -130,6 +130,9 @@ tracelog: {dir: not_a_dir/log}
     assert len(verdicts) == 6 and summary["reject"] == 6
     assert summary["actuator"].get("acknowledged", 0) + summary["actuator"].get("late", 0) == 6, \
         "rejects still fire while the log is down"
+    dumped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unwritten trace verdict")]
+    assert sorted(int(m.split('"seq": ')[1].split(",")[0]) for m in dumped) == [v.seq for v in verdicts], \
+        "rows that never reached the disk are in the service log"
 
 
 def test_disk_budget_prunes_oldest_images_and_rows_record_it(tmp_path):
