@@ -285,7 +285,8 @@ class StationService:
         station.stop()
         left = [t.name for t in station.threads() if t.is_alive()]
         if left:
-            log.error("stopped, but stage thread(s) still running: %s", ", ".join(left))
+            # E.g. the reject scheduler still retrying to switch an unreachable output off: say why.
+            log.error("stopped, but stage thread(s) still running: %s; %s", ", ".join(left), station.health.summary())
             return EXIT_FAILED
         log.info("stopped cleanly: %s", station.stats.line())
         return EXIT_OK
