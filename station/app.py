@@ -181,7 +181,10 @@ class Station:
             self._sync_alarm_output()
             for actuator in (self.reject_actuator, self.alarm_actuator):
                 if actuator is not None:
-                    actuator.tick()
+                    actuator.tick()  # retries an off that failed, heartbeats
+            if "reject_output_stuck" in self.health.alarms() and self.reject_actuator is not None \
+                    and not getattr(self.reject_actuator, "output_may_be_on", False):
+                self.set_alarm("reject_output_stuck", None)
             if time.monotonic() >= next_summary:
                 next_summary += self.config.station.summary_interval_s
                 log.info("summary: %s; %s", self.stats.line(), self.health.summary())

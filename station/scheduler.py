@@ -3,8 +3,9 @@
 Parts in flight are a heap of timed commands; one thread sleeps until the earliest is due (the
 last two milliseconds spun for precision), switches the output and reports fired-at minus due-at
 and the actuator's result per part. Pulses that overlap are merged (the output stays on until the
-last one ends). An output that fails to switch off is retried every 50 ms under an alarm until it
-does: the station never leaves the ejector latched on. Actuators that own the timing themselves
+last one ends). An output that fails to switch off raises the `reject_output_stuck` alarm and the
+actuator retries the off on every tick until the device confirms it: the ejector is never left
+latched on knowingly. Actuators that own the timing themselves
 (PLC handshake) get every verdict as soon as it is made instead.
 """
 
@@ -26,7 +27,6 @@ ReportSink = Callable[[ActuationReport], None]
 AlarmHook = Callable[[str, str | None], None]  # (alarm name, message or None to clear)
 
 _SPIN_NS = 2_000_000
-_OFF_RETRY_NS = 50_000_000
 
 
 class RejectScheduler(threading.Thread):
@@ -146,12 +146,13 @@ class RejectScheduler(threading.Thread):
             # The pulse is over either way: a later reject must send its own "on", never merge into
             # an output whose state is unknown.
             self._output_on = False
-            if result is ActuatorResult.ACKNOWLEDGED:
-                self._off_due_ns = None
-                self.on_alarm("reject_output_stuck", None)
-            else:
-                self._off_due_ns = time.monotonic_ns() + _OFF_RETRY_NS
-                self.on_alarm("reject_output_stuck", f"reject output could not be switched off: {error}")
+            self._off_due_ns = None
+        if result is ActuatorResult.ACKNOWLEDGED:
+            self.on_alarm("reject_output_stuck", None)
+        else:
+            # The actuator keeps the off pending and retries it on every tick() until the device
+            # confirms; the alarm stays up until then (cleared by the station's housekeeping).
+            self.on_alarm("reject_output_stuck", f"reject output could not be switched off: {error}")
 
     def _send_verdict(self, due_ns: int, verdict: Verdict) -> None:
         start = time.monotonic_ns()

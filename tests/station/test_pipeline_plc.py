@@ -132,8 +132,9 @@ def test_plc_killed_and_restarted_mid_run_loses_no_row(tmp_path):
     assert all(r["actuator_error"] for r in undelivered)
     assert delivered[-1]["seq"] > undelivered[-1]["seq"], "pulses resumed after the reconnect"
     on_edges = len(plc.pulses(3))
-    # Back-to-back pulses never merge here (20 ms pulse, 50 ms gap): one edge per delivered part.
-    assert on_edges == len(delivered)
+    # Pulses never overlap here (20 ms pulse, 50 ms gap): one edge per delivered part, except that a
+    # pulse whose "off" was cut by the outage may still hold the coil when the next "on" arrives.
+    assert len(delivered) - 1 <= on_edges <= len(delivered)
     conn = sqlite3.connect(tmp_path / "log" / "trace.sqlite")
     kinds = [k for (k,) in conn.execute("SELECT kind FROM events ORDER BY id")]
     conn.close()
