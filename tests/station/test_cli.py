@@ -207,3 +207,21 @@ def test_demo_runs_with_simulated_plc(tmp_path):
     rejects = sum(1 for (d,) in rows if d == "reject")
     if rejects:
         assert f"PLC saw         {rejects} reject pulse(s)" in result.stdout
+
+
+def test_seq_stays_unique_across_runs_of_the_same_log(tmp_path):
+    make_frames(tmp_path / "frames", defective=2, ok=2, size=64)
+    make_tiny_model(tmp_path / "tiny.pt")
+    cfg = write_config(tmp_path / "s.yaml", """
+camera: {kind: replay, path: frames}
+model: {path: tiny.pt, device: cpu}
+reject: {actuator: {kind: log}}
+tracelog: {dir: log}
+""")
+    for _ in range(2):
+        assert station("replay", "frames", "-c", str(cfg), "--as-fast-as-possible", cwd=tmp_path).returncode == 0
+    conn = sqlite3.connect(tmp_path / "log" / "trace.sqlite")
+    seqs = [s for (s,) in conn.execute("SELECT seq FROM parts ORDER BY seq")]
+    runs = conn.execute("SELECT COUNT(DISTINCT run_id) FROM parts").fetchone()[0]
+    conn.close()
+    assert seqs == list(range(1, 9)) and runs == 2
