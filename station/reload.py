@@ -129,6 +129,11 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
         tl.max_backlog, tl.disk_budget_bytes = t.max_backlog, int(t.disk_budget_mb * 1024 * 1024)
         result.applied.append(f"image policy ({t.images}, every {t.sample_every_n}, {t.image_format}, "
                               f"budget {t.disk_budget_mb:g} MB)")
+    if new.model.threads != old.model.threads and new.model.threads:
+        import torch
+
+        torch.set_num_threads(new.model.threads)
+        result.applied.append(f"inference threads {new.model.threads}")
     if new.frame != old.frame:
         station.capture.expected_w, station.capture.expected_h = new.frame.width_px, new.frame.height_px
         result.applied.append("frame size check")

@@ -80,12 +80,17 @@ class StationProcess:
     """`python -m station.cli run -c CONFIG` (or a fault-injection runner script) as a real subprocess."""
 
     def __init__(self, config: Path, *, cwd: Path, env: dict[str, str] | None = None,
-                 runner: Path | None = None) -> None:
+                 runner: Path | None = None, journal: bool = False) -> None:
         self.stderr_path = cwd / "station.stderr"
         self._stderr = open(self.stderr_path, "w")
+        env = dict(env or {})
+        if journal:
+            # What systemd does for StandardError=journal: name the stream so the service can tell.
+            st = os.fstat(self._stderr.fileno())
+            env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
         cmd = [sys.executable, str(runner)] if runner else [sys.executable, "-m", "station.cli"]
         self.proc = subprocess.Popen([*cmd, "run", "-c", str(config)], cwd=cwd, stdout=subprocess.DEVNULL,
-                                     stderr=self._stderr, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+                                     stderr=self._stderr, env={**os.environ, "PYTHONPATH": str(REPO), **env})
 
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)

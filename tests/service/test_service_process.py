@@ -113,22 +113,28 @@ def test_ready_waits_for_the_plc(tmp_path, notify):
 
 @pytest.mark.parametrize("policy", ["wait", "degraded"])
 def test_startup_timeout_fails_or_runs_degraded(tmp_path, notify, policy):
-    # Every part passes: with the PLC down a reject's switch-off would be retried past the stop (exit 1).
-    cfg = station_yaml(tmp_path, actuator=modbus(_free_port()), threshold=0.999999,
+    cfg = station_yaml(tmp_path, actuator=modbus(_free_port()),
                        extra=f"service: {{startup: {policy}, startup_timeout_s: 2}}")
-    proc = StationProcess(cfg, cwd=tmp_path, env=service_env(notify))
+    proc = StationProcess(cfg, cwd=tmp_path, env=service_env(notify), journal=True)
     try:
         if policy == "wait":
             rc = proc.wait(timeout=90)
             assert rc == 1, proc.stderr
             assert not notify.times("READY")
             assert any(s.startswith("start-up failed: reject output") for s in notify.statuses())
+            # Under journald each line carries its syslog priority (3 error, 6 info) instead of a timestamp.
+            lines = proc.stderr.splitlines()
+            assert any(line.startswith("<3>station.service: start-up failed") for line in lines)
+            assert any(line.startswith("<6>station.service: starting station") for line in lines)
         else:
             notify.wait_for(is_ready, timeout=90)
             status = [f["STATUS"] for _, f in notify.snapshot() if is_ready(f)][0]
             assert status.startswith("DEGRADED:") and "reject_actuator" in status
-            wait_rows(tmp_path / "log" / "trace.sqlite", 5)  # it decides and logs while degraded
+            db = tmp_path / "log" / "trace.sqlite"
+            wait_rows(db, 5)  # it decides and logs while degraded
             assert proc.stop() == 0, proc.stderr
+            results = {r["actuator_result"] for r in read_rows(db, "SELECT actuator_result FROM parts")}
+            assert results <= {"not_sent", "failed"}, "every reject row says its pulse was not delivered"
     finally:
         proc.kill()
 
