@@ -64,8 +64,9 @@ def default_station_bin() -> Path | None:
     return Path(found) if found else None
 
 
-def set_yaml_value(text: str, section: str, key: str, value: str) -> str:
-    """Replace `key`'s value inside top-level `section`, keeping its comment (and its column)."""
+def set_yaml_value(text: str, dotted_key: str, value: str) -> str:
+    """Replace the value of `section.key` (a key of a top-level section), keeping its comment and column."""
+    section, key = dotted_key.split(".")
     out, current, done = [], None, False
     pattern = re.compile(rf"^(  {re.escape(key)}:)(\s*)([^#\n]*?)(\s*)(#.*)?$")
     for line in text.splitlines(keepends=True):
@@ -83,15 +84,15 @@ def set_yaml_value(text: str, section: str, key: str, value: str) -> str:
             done = True
         out.append(line)
     if not done:
-        raise ValueError(f"{section}.{key} not found in the config template")
+        raise ValueError(f"{dotted_key} not found in the config template")
     return "".join(out)
 
 
 def render_config(template: str, model_name: str) -> str:
-    text = set_yaml_value(template, "model", "path", str(STATE_DIR / "models" / model_name))
-    text = set_yaml_value(text, "tracelog", "dir", str(LOGS_DIR / "tracelog"))
+    text = set_yaml_value(template, "model.path", str(STATE_DIR / "models" / model_name))
+    text = set_yaml_value(text, "tracelog.dir", str(LOGS_DIR / "tracelog"))
     try:
-        text = set_yaml_value(text, "camera", "path", str(STATE_DIR / "frames"))
+        text = set_yaml_value(text, "camera.path", str(STATE_DIR / "frames"))
     except ValueError:
         pass  # a camera kind without a path (a real camera): nothing to anchor
     return text

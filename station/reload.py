@@ -116,7 +116,8 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
         result.applied.append(f"reject actuator {new_reject.describe()}")
     if new_alarm is not None:
         previous, station.alarm_actuator = station.alarm_actuator, new_alarm
-        station._alarm_output_state = None  # housekeeping drives the new output to the current health
+        # Forget the old output's state so housekeeping drives the new one to the current health.
+        station._alarm_output_state = None
         if previous is not None:
             with previous.lock:
                 previous.close()
@@ -167,6 +168,9 @@ def load_changed_model(running: Classifier, old: StationConfig, new: StationConf
         return Classifier.from_file(m.path, device=m.device, warmup_runs=m.warmup_runs)
     except ModelArtifactError as exc:
         raise ReloadError(f"{exc}; the running model {running.model_id} is kept") from exc
+    except RuntimeError as exc:  # torch: device unavailable or out of memory while loading or probing
+        raise ReloadError(f"model {m.path} could not be loaded on {m.device}: {exc}; "
+                          f"the running model {running.model_id} is kept") from exc
 
 
 def open_for_reload(config: object, name: str) -> Actuator:

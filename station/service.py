@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from types import FrameType
 from typing import Callable
 
@@ -61,9 +62,9 @@ class JournaldFormatter(logging.Formatter):
         return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
 
 
-def stderr_is_journal(env: dict[str, str] | os._Environ = os.environ) -> bool:
+def stderr_is_journal(env: Mapping[str, str] | None = None) -> bool:
     """systemd sets JOURNAL_STREAM=dev:inode of the stream it connected to the journal."""
-    value = env.get("JOURNAL_STREAM", "")
+    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
     try:
         dev, inode = (int(x) for x in value.split(":"))
         st = os.fstat(sys.stderr.fileno())
@@ -145,7 +146,6 @@ class StationService:
             station.start()
         except ModelArtifactError as exc:
             log.error("station not started: %s", exc)
-            print(f"station not started: {exc}", file=sys.stderr)
             self.notifier.status(f"not started: {exc}")
             return EXIT_BAD_INPUT
         self.supervisor = Supervisor.from_config(station, cfg.service)

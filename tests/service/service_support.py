@@ -117,6 +117,13 @@ class StationProcess:
         return self.stderr_path.read_text()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on (for a PLC that is down, or starts later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def count_rows(db: Path, sql: str = "SELECT COUNT(*) FROM parts", args: tuple = ()) -> int:
     if not db.exists():
         return 0

@@ -4,12 +4,11 @@ anywhere (unreachable PLC, corrupt model) changes nothing at all."""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 import pytest
-from service_support import read_rows
+from service_support import free_port, read_rows
 from support import make_tiny_model, write_config
 
 from station.actuators.sim_server import start_sim_server
@@ -38,12 +37,6 @@ def until(condition, timeout: float = 30.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(tmp: Path, text: str) -> Station:

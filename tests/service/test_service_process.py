@@ -9,6 +9,7 @@ mid-run ends with STOPPING=1, exit 0, every captured part logged and the output 
 
 from __future__ import annotations
 
+import json
 import signal
 import statistics
 import time
@@ -16,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from service_support import NotifyListener, StationProcess, count_rows, read_rows, wait_rows
+from service_support import NotifyListener, StationProcess, count_rows, free_port, read_rows, wait_rows
 from support import make_tiny_model, write_config
 
 from station.actuators.sim_server import start_sim_server
@@ -83,8 +84,6 @@ def test_ready_watchdog_at_half_interval_stopping_and_clean_exit(tmp_path, notif
     # Every captured part has its row, every reject its pulse, and the output is off.
     rows = read_rows(db, "SELECT seq, decision, actuator_result FROM parts ORDER BY seq")
     (summary,) = read_rows(db, "SELECT summary_json FROM runs")
-    import json
-
     assert [r["seq"] for r in rows] == list(range(1, json.loads(summary["summary_json"])["parts"] + 1))
     assert {r["actuator_result"] for r in rows} <= {"acknowledged", "late"}
     assert len(sim_plc.pulses(1)) == len(rows) and not sim_plc.coil(1)
@@ -92,7 +91,7 @@ def test_ready_watchdog_at_half_interval_stopping_and_clean_exit(tmp_path, notif
 
 
 def test_ready_waits_for_the_plc(tmp_path, notify):
-    port = _free_port()
+    port = free_port()
     cfg = station_yaml(tmp_path, actuator=modbus(port), extra="service: {startup: wait, startup_timeout_s: 60}")
     proc = StationProcess(cfg, cwd=tmp_path, env=service_env(notify))
     plc = None
@@ -113,7 +112,7 @@ def test_ready_waits_for_the_plc(tmp_path, notify):
 
 @pytest.mark.parametrize("policy", ["wait", "degraded"])
 def test_startup_timeout_fails_or_runs_degraded(tmp_path, notify, policy):
-    cfg = station_yaml(tmp_path, actuator=modbus(_free_port()),
+    cfg = station_yaml(tmp_path, actuator=modbus(free_port()),
                        extra=f"service: {{startup: {policy}, startup_timeout_s: 2}}")
     proc = StationProcess(cfg, cwd=tmp_path, env=service_env(notify), journal=True)
     try:
@@ -258,9 +257,14 @@ def test_sighup_corrupt_model_keeps_the_old_one_and_a_good_one_is_swapped_in(tmp
     assert "corrupt" in failed["message"] and "is kept" in failed["message"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_a_corrupt_model_exits_2_without_ready(tmp_path, notify):
+    (tmp_path / "bad.pt").write_bytes(b"garbage" * 50)
+    proc = StationProcess(station_yaml(tmp_path, model="bad.pt"), cwd=tmp_path, env=service_env(notify))
+    try:
+        rc = proc.wait(timeout=90)
+    finally:
+        proc.kill()
+    # Exit 2: the unit's RestartPreventExitStatus=2 keeps systemd from restarting into the same bad file.
+    assert rc == 2 and "station not started" in proc.stderr and "corrupt" in proc.stderr
+    assert not notify.times("READY")
+    assert any(s.startswith("not started:") for s in notify.statuses())
