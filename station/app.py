@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import sqlite3
 import threading
 import time
 import uuid
@@ -318,12 +317,12 @@ class Station:
         elif name == "scheduler":
             assert isinstance(old, RejectScheduler)
             new = self._new_scheduler(old.actuator)
-            _hand_over_commands(old, new)
+            new.adopt(old)
             self.scheduler = new
         elif name == "tracelog":
             assert isinstance(old, TraceLog)
             new = self._new_tracelog(old.run_info)
-            _hand_over_records(old, new)
+            new.adopt(old)
             self.tracelog = new
         elif name == "housekeeping":
             new = self._housekeeping = self._new_housekeeping()
@@ -338,28 +337,3 @@ class Station:
     def reload(self, loaded: LoadedConfig) -> ReloadResult:
         """Apply a new, validated config live where it can change; see `station.reload`."""
         return apply_reload(self, loaded)
-
-
-def _hand_over_commands(old: RejectScheduler, new: RejectScheduler) -> None:
-    """Move the rejects a dead scheduler still held (and a pending 'off') to its replacement.
-
-    The scheduler has no public hand-over; these are its internal queue and output state, moved
-    under its own lock so that no reject and no switch-off is lost with the dead thread.
-    """
-    with old._cond:
-        new._heap, new._order = old._heap, old._order
-        new._output_on, new._off_due_ns = old._output_on, old._off_due_ns
-        new.pulses, new.merged, new.failures = old.pulses, old.merged, old.failures
-        old._heap = []
-
-
-def _hand_over_records(old: TraceLog, new: TraceLog) -> None:
-    """Give a dead trace-log writer's queued and held-back records to its replacement (same run)."""
-    new._queue, new._backlog = old._queue, old._backlog  # the same queue: later records follow in order
-    new.rows_written, new.write_errors, new.pruned = old.rows_written, old.write_errors, old.pruned
-    if old._conn is not None:
-        try:
-            old._conn.close()
-        except sqlite3.Error as exc:
-            log.warning("closing the dead trace-log writer's connection: %s", exc)
-        old._conn = None

@@ -73,6 +73,14 @@ class RejectScheduler(threading.Thread):
             heapq.heappush(self._heap, (due, next(self._order), verdict.seq, verdict))
             self._cond.notify()
 
+    def adopt(self, old: RejectScheduler) -> None:
+        """Take over the commands (and a pending 'off') of a scheduler whose thread died, before start()."""
+        with old._cond:
+            self._heap, self._order = old._heap, old._order
+            self._output_on, self._off_due_ns = old._output_on, old._off_due_ns
+            self.pulses, self.merged, self.failures = old.pulses, old.merged, old.failures
+            old._heap = []
+
     def stop(self) -> None:
         self.stop_event.set()
         with self._cond:

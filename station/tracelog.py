@@ -169,6 +169,17 @@ class TraceLog(threading.Thread):
     def finish_run(self, summary_json: str) -> None:
         self._queue.put(("finish", (time.time(), summary_json)))
 
+    def adopt(self, old: TraceLog) -> None:
+        """Take over the queue and held-back records of a writer whose thread died, before start()."""
+        self._queue, self._backlog = old._queue, old._backlog  # the same queue: later records follow in order
+        self.rows_written, self.write_errors, self.pruned = old.rows_written, old.write_errors, old.pruned
+        if old._conn is not None:
+            try:
+                old._conn.close()
+            except sqlite3.Error as exc:
+                log.warning("closing the dead trace-log writer's connection: %s", exc)
+            old._conn = None
+
     def stop(self) -> None:
         self._queue.put(_STOP)
 

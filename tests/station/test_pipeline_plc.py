@@ -7,6 +7,7 @@ an SQLite trace log, image files on disk, a tiny untrained model loaded through 
 from __future__ import annotations
 
 import sqlite3
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -78,12 +79,18 @@ def test_replay_200_frames_one_row_each_and_one_timed_pulse_per_reject(tmp_path,
     assert 0 < len(rejects) < 200
     pulses = sim_plc.pulses(3)
     assert len(pulses) == len(rejects), "exactly one coil pulse per reject verdict"
+    offsets_ms, widths_ms = [], []
     for row, (on_ns, off_ns) in zip(rejects, pulses):
         due_ns = row["t_capture_ns"] + int(DELAY_MS * 1e6)
         assert row["actuator_result"] in ("acknowledged", "late")
-        assert abs(on_ns - due_ns) / 1e6 < 20, f"part {row['seq']} pulse started {(on_ns - due_ns) / 1e6:.1f} ms off due"
-        assert abs((off_ns - on_ns) / 1e6 - PULSE_MS) < 15, "pulse width measured on the server"
         assert row["fire_lateness_ms"] is not None
+        offsets_ms.append((on_ns - due_ns) / 1e6)
+        widths_ms.append((off_ns - on_ns) / 1e6)
+    # Typical pulse within a few ms of due and as wide as pulse_ms, measured on the server; the
+    # per-pulse bound is loose because a 2-core CI box can stall any thread for tens of ms.
+    assert abs(statistics.median(offsets_ms)) < 5, f"median start offset {statistics.median(offsets_ms):.1f} ms"
+    assert abs(statistics.median(widths_ms) - PULSE_MS) < 5, f"median width {statistics.median(widths_ms):.1f} ms"
+    assert max(abs(o) for o in offsets_ms) < 60 and max(abs(w - PULSE_MS) for w in widths_ms) < 60
     # Images kept for rejects only, each file matching its recorded hash.
     import hashlib
     for row in rejects[:5]:
