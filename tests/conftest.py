@@ -1,7 +1,7 @@
 """Shared fixtures: thread-leak guard, tiny untrained model, the simulated PLC (pymodbus's own server).
 
-Helper functions live in tests/support.py (importable as `support`); they are re-exported here for
-tests that import them from conftest.
+Helper functions live in tests/support.py, importable as `support` because this file puts tests/ on
+sys.path (pytest's conftest modules themselves are not importable by name across folders).
 """
 
 from __future__ import annotations
@@ -15,15 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import (  # noqa: E402,F401
-    IN_CI,
-    REPO,
-    casting_data_dir,
-    make_frames,
-    make_tiny_model,
-    require_component,
-    write_config,
-)
+from support import make_tiny_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

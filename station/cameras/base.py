@@ -10,6 +10,7 @@ through `station.cameras.pixels`.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +39,31 @@ class Grab:
     label: str | None = None          # "defective" | "ok" when the source knows it
     error: str | None = None          # a broken buffer: the part gets a `bad_frame` verdict
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Pacer:
+    """Paces a recorded or rendered source at `rate` parts/s; `None` means no pacing at all."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self._next_due = 0.0
+
+    def start(self) -> None:
+        self._next_due = time.monotonic()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Sleep until the next part is due; False if that is further away than `timeout_s`."""
+        if self.rate is None:
+            return True
+        wait = self._next_due - time.monotonic()
+        if wait > timeout_s:
+            time.sleep(timeout_s)
+            return False
+        if wait > 0:
+            time.sleep(wait)
+        # Stay on the grid, but never build up a burst to catch up after a long stall.
+        self._next_due = max(self._next_due + 1.0 / self.rate, time.monotonic() - 1.0 / self.rate)
+        return True
 
 
 class Camera(ABC):

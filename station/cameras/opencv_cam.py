@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from station.cameras.base import Camera, CameraError, CameraLost, EndOfStream, Grab
+from station.cameras.base import Camera, CameraError, CameraLost, EndOfStream, Grab, Pacer
 from station.cameras.pixels import to_station_image
 from station.config_cameras import OpenCvCameraConfig
 
@@ -60,7 +60,7 @@ class OpenCvCamera(Camera):
         self._frames: queue.Queue[tuple[int, Any] | None] = queue.Queue(maxsize=config.queue_frames)
         self._reader_error: str | None = None
         self._ever_opened = False
-        self._next_due = 0.0
+        self._pacer = Pacer(self.rate)
         self._last_frame_ns = 0
         self._fps_start_ns = 0
         self._fps_frames = 0
@@ -95,7 +95,7 @@ class OpenCvCamera(Camera):
             self.counters["reconnects"] += 1
         self._ever_opened = True
         now = time.monotonic_ns()
-        self._next_due = time.monotonic()
+        self._pacer.start()
         self._last_frame_ns = self._fps_start_ns = now
         self._fps_frames = 0
         if not self.is_file:
@@ -152,14 +152,8 @@ class OpenCvCamera(Camera):
 
     def _grab_file(self, timeout_s: float) -> Grab | None:
         cv2 = load_cv2()
-        if self.rate is not None:
-            wait = self._next_due - time.monotonic()
-            if wait > timeout_s:
-                time.sleep(timeout_s)
-                return None
-            if wait > 0:
-                time.sleep(wait)
-            self._next_due = max(self._next_due + 1.0 / self.rate, time.monotonic() - 1.0 / self.rate)
+        if not self._pacer.wait(timeout_s):
+            return None
         ok, frame = self._cap.read()
         if not ok:
             if not self.config.loop:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from station.cameras.base import Camera, CameraError, EndOfStream, Grab
+from station.cameras.base import Camera, CameraError, EndOfStream, Grab, Pacer
 from station.cameras.pixels import to_station_image
 from station.cameras.recorder import MANIFEST, read_manifest
 from station.config_cameras import ReplayCameraConfig
@@ -59,7 +58,7 @@ class ReplayCamera(Camera):
         self._video = None
         self._index = 0
         self._delivered = 0
-        self._next_due = 0.0
+        self._pacer = Pacer(self.rate)
 
     def describe(self) -> str:
         pace = "as fast as possible" if self.rate is None else f"{self.rate:g} parts/s"
@@ -103,7 +102,7 @@ class ReplayCamera(Camera):
         else:
             raise CameraError(f"replay path {path} does not exist")
         self._index = 0
-        self._next_due = time.monotonic()
+        self._pacer.start()
 
     def _label_for(self, path: Path) -> str | None:
         for part in reversed(path.relative_to(self.config.path).parts[:-1]):
@@ -111,22 +110,10 @@ class ReplayCamera(Camera):
                 return self.config.labels[part]
         return None
 
-    def _pace(self, timeout_s: float) -> bool:
-        if self.rate is None:
-            return True
-        wait = self._next_due - time.monotonic()
-        if wait > timeout_s:
-            time.sleep(timeout_s)
-            return False
-        if wait > 0:
-            time.sleep(wait)
-        self._next_due = max(self._next_due + 1.0 / self.rate, time.monotonic() - 1.0 / self.rate)
-        return True
-
     def grab(self, timeout_s: float) -> Grab | None:
         if self.config.limit is not None and self._delivered >= self.config.limit:
             raise EndOfStream
-        if not self._pace(timeout_s):
+        if not self._pacer.wait(timeout_s):
             return None
         grab = self._next_video() if self._video is not None else self._next_file()
         self._delivered += 1

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from station.cameras.base import Camera, EndOfStream, Grab
+from station.cameras.base import Camera, EndOfStream, Grab, Pacer
 from station.config_cameras import SyntheticCameraConfig
 
 
@@ -62,7 +62,7 @@ class SyntheticCamera(Camera):
         self.paced_by_pipeline = self.rate is None
         self._rng = np.random.default_rng(config.seed)
         self._delivered = 0
-        self._next_due = 0.0
+        self._pacer = Pacer(self.rate)
 
     @property
     def expected_frames(self) -> int | None:
@@ -73,19 +73,13 @@ class SyntheticCamera(Camera):
         return f"synthetic impeller renderer ({pace})"
 
     def open(self) -> None:
-        self._next_due = time.monotonic()
+        self._pacer.start()
 
     def grab(self, timeout_s: float) -> Grab | None:
         if self.config.limit is not None and self._delivered >= self.config.limit:
             raise EndOfStream
-        if self.rate is not None:
-            wait = self._next_due - time.monotonic()
-            if wait > timeout_s:
-                time.sleep(timeout_s)
-                return None
-            if wait > 0:
-                time.sleep(wait)
-            self._next_due = max(self._next_due + 1.0 / self.rate, time.monotonic() - 1.0 / self.rate)
+        if not self._pacer.wait(timeout_s):
+            return None
         t_ns = time.monotonic_ns()
         defective = bool(self._rng.random() < self.config.defect_ratio)
         image = render_impeller(self._rng, self.config.size_px, defective=defective)

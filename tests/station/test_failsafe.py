@@ -45,14 +45,14 @@ def run_replay(tmp: Path, body: str) -> tuple[dict, list[sqlite3.Row], Station]:
 def test_full_queue_gives_overrun_verdicts_not_lost_parts(tmp_path):
     make_frames(tmp_path / "frames", defective=20, ok=20, size=96)
     resnet_artifact(tmp_path / "r18.pt")
-    summary, rows, station = run_replay(tmp_path, f"""
-line: {{max_parts_per_s: 400}}
-camera: {{kind: replay, path: frames, rate_parts_per_s: 400}}
-model: {{path: r18.pt, device: cpu, warmup_runs: 1}}
-queues: {{frames: 1}}
-decision: {{deadline_ms: 5000}}
-reject: {{delay_ms: 6000, pulse_ms: 1, actuator: {{kind: log}}}}
-tracelog: {{dir: log, images: none}}
+    summary, rows, station = run_replay(tmp_path, """
+line: {max_parts_per_s: 400}
+camera: {kind: replay, path: frames, rate_parts_per_s: 400}
+model: {path: r18.pt, device: cpu, warmup_runs: 1}
+queues: {frames: 1}
+decision: {deadline_ms: 5000}
+reject: {delay_ms: 6000, pulse_ms: 1, actuator: {kind: log}}
+tracelog: {dir: log, images: none}
 """)
     assert len(rows) == 40 == summary["parts"]
     assert [r["seq"] for r in rows] == list(range(1, 41)), "no part missing"
