@@ -104,6 +104,19 @@ def test_model_of_another_architecture_refuses_to_start(tmp_path):
         load_artifact(tmp_path / "plain.pt")
 
 
+def logged_rows(db: Path) -> int:
+    """Rows so far; 0 while the station is still creating the log."""
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM parts").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
 def test_sigterm_mid_run_exits_0_with_every_captured_part_logged(tmp_path, sim_plc):
     make_tiny_model(tmp_path / "tiny.pt")
     cfg = write_config(tmp_path / "s.yaml", f"""
@@ -122,9 +135,7 @@ tracelog: {{dir: log}}
     try:
         db = tmp_path / "log" / "trace.sqlite"
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if db.exists() and sqlite3.connect(db).execute("SELECT COUNT(*) FROM parts").fetchone()[0] >= 20:
-                break
+        while time.monotonic() < deadline and logged_rows(db) < 20:
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
