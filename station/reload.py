@@ -126,8 +126,9 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
     if t != old.tracelog:
         # The writer thread reads these for each part; plain attribute stores are atomic.
         tl = station.tracelog
-        tl.images, tl.sample_every_n, tl.image_format = t.images, t.sample_every_n, t.image_format
-        tl.max_backlog, tl.disk_budget_bytes = t.max_backlog, int(t.disk_budget_mb * 1024 * 1024)
+        store = tl.images
+        store.policy, store.sample_every_n, store.image_format = t.images, t.sample_every_n, t.image_format
+        tl.max_backlog, store.disk_budget_bytes = t.max_backlog, int(t.disk_budget_mb * 1024 * 1024)
         result.applied.append(f"image policy ({t.images}, every {t.sample_every_n}, {t.image_format}, "
                               f"budget {t.disk_budget_mb:g} MB)")
     if new.model.threads != old.model.threads and new.model.threads:

@@ -1,21 +1,16 @@
-"""The traceability log: one SQLite (WAL) row per part, images as files, one writer thread.
+"""The traceability log: one SQLite (WAL) row per part, one writer thread.
 
 Rows are inserted when the verdict is made and updated when the actuator reports or a late
 prediction arrives; the writer commits at least every 20 ms so a verdict is durable within tens of
-milliseconds. Images are kept by policy (all | rejects | none, every n-th) under
-`images/YYYY/MM/DD/`, and the oldest are pruned past the disk budget (the row stays and says so).
-When the disk is full or read-only the writer raises an alarm, keeps the rows in memory and
-retries; line decisions never wait for the disk.
+milliseconds. Image files, their policy and the disk budget are `station.tracelog_images`. When the
+disk is full or read-only the writer raises an alarm, keeps the rows in memory and retries; line
+decisions never wait for the disk. Rows that never reach the disk go to the service log at stop.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import io
 import json
 import logging
-import os
 import queue
 import sqlite3
 import threading
@@ -25,10 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-from PIL import Image
 
-from station.records import ActuationReport, Decision, Frame, Prediction, Verdict
+from station.records import ActuationReport, Frame, Prediction, Verdict
+from station.tracelog_images import ImageStore, is_disk_full
 
 log = logging.getLogger("station.tracelog")
 
@@ -88,7 +82,6 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 _STOP = object()
-IMAGE_PAUSE_S = 30.0  # after a disk-full error, images are not kept for this long
 AlarmHook = Callable[[str, str | None], None]
 
 
@@ -124,26 +117,19 @@ class TraceLog(threading.Thread):
         super().__init__(name="tracelog", daemon=True)
         self.directory = Path(directory)
         self.db_path = self.directory / "trace.sqlite"
-        self.images_dir = self.directory / "images"
         self.run_info = run
-        self.images = images
-        self.sample_every_n = sample_every_n
-        self.image_format = image_format
-        self.disk_budget_bytes = int(disk_budget_mb * 1024 * 1024)
         self.max_backlog = max_backlog
         self.on_alarm = on_alarm or (lambda name, msg: None)
+        self.images = ImageStore(self.directory / "images", policy=images, sample_every_n=sample_every_n,
+                                 image_format=image_format, disk_budget_bytes=int(disk_budget_mb * 1024 * 1024),
+                                 on_alarm=self.on_alarm)
         self._queue: queue.Queue = queue.Queue()
         self._backlog: list[tuple[str, tuple]] = []
         self._conn: sqlite3.Connection | None = None
-        self._image_bytes = 0
-        self._kept_images = 0
         self.last_beat_ns = time.monotonic_ns()
         self.rows_written = 0
         self.write_errors = 0
-        self.pruned = 0
         self.unwritten = 0  # records that only reached the service log (disk never recovered)
-        self._images_paused_until = 0.0
-        self._tx_images: list[tuple[Path, int]] = []  # image files written by the open transaction
 
     # ---- called from other threads -------------------------------------------------------------
     def next_seq(self) -> int:
@@ -172,7 +158,8 @@ class TraceLog(threading.Thread):
     def adopt(self, old: TraceLog) -> None:
         """Take over the queue and held-back records of a writer whose thread died, before start()."""
         self._queue, self._backlog = old._queue, old._backlog  # the same queue: later records follow in order
-        self.rows_written, self.write_errors, self.pruned = old.rows_written, old.write_errors, old.pruned
+        self.rows_written, self.write_errors = old.rows_written, old.write_errors
+        self.images = old.images
         if old._conn is not None:
             try:
                 old._conn.close()
@@ -200,7 +187,7 @@ class TraceLog(threading.Thread):
                 (self.run_info.run_id, iso_utc(time.time()), self.run_info.station_id, self.run_info.config_sha256,
                  self.run_info.model_id))
             self._conn.commit()
-            self._image_bytes = _folder_bytes(self.images_dir)
+            self.images.scan()
             self.on_alarm("tracelog", None)
         except (sqlite3.Error, OSError) as exc:
             self._conn = None
@@ -248,7 +235,7 @@ class TraceLog(threading.Thread):
             self._check_backlog()
             time.sleep(0.5)
             return
-        self._tx_images: list[tuple[Path, int]] = []
+        self.images.begin()
         try:
             with conn:
                 for kind, args in self._backlog:
@@ -256,10 +243,9 @@ class TraceLog(threading.Thread):
         except (sqlite3.Error, OSError) as exc:
             self.write_errors += 1
             self.on_alarm("tracelog", f"trace log write failed ({len(self._backlog)} records held in memory): {exc}")
-            self._discard_tx_images()
-            if _is_disk_full(exc):
-                self._images_paused_until = time.monotonic() + IMAGE_PAUSE_S
-                self._make_room(conn)
+            self.images.rollback()
+            if is_disk_full(exc):
+                self.images.make_room(conn)
                 return  # retry at once: the rows matter more than the images
             try:
                 conn.close()
@@ -300,7 +286,7 @@ class TraceLog(threading.Thread):
             log.critical("trace log backlog %d exceeds %d records", len(self._backlog), self.max_backlog)
 
     def _write_verdict(self, conn: sqlite3.Connection, verdict: Verdict, frame: Frame) -> None:
-        image_path, sha, nbytes, image_error = self._save_image(verdict, frame)
+        image_path, sha, nbytes, image_error = self.images.save(verdict, frame, conn)
         r = self.run_info
         conn.execute(
             "INSERT OR IGNORE INTO parts (seq, run_id, station_id, camera_id, source, captured_at, t_capture_ns, "
@@ -331,113 +317,6 @@ class TraceLog(threading.Thread):
     def _write_finish(self, conn: sqlite3.Connection, at: float, summary_json: str) -> None:
         conn.execute("UPDATE runs SET stopped_at=?, summary_json=? WHERE run_id=?",
                      (iso_utc(at), summary_json, self.run_info.run_id))
-
-    # ---- images ------------------------------------------------------------------------------------
-    def _wants_image(self, verdict: Verdict, frame: Frame) -> bool:
-        if frame.image is None or self.images == "none":
-            return False
-        if self.images == "rejects" and verdict.decision is not Decision.REJECT:
-            return False
-        self._kept_images += 1
-        return (self._kept_images - 1) % self.sample_every_n == 0
-
-    def _save_image(self, verdict: Verdict, frame: Frame) -> tuple[str | None, str | None, int | None, str | None]:
-        if not self._wants_image(verdict, frame):
-            return None, None, None, None
-        if time.monotonic() < self._images_paused_until:
-            return None, None, None, "not kept: disk full"
-        when = datetime.fromtimestamp(verdict.wall_time, tz=timezone.utc)
-        rel = Path(f"{when:%Y/%m/%d}") / f"{verdict.seq:010d}_{verdict.decision.value}.{self.image_format}"
-        data = encode_image(frame.image, self.image_format)
-        sha = hashlib.sha256(data).hexdigest()
-        target = self.images_dir / rel
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-        except OSError as exc:
-            self.write_errors += 1
-            self.on_alarm("tracelog_images", f"cannot write image {target}: {exc}")
-            if _is_disk_full(exc):
-                # Rows come first: stop keeping images for a while and free room for the database.
-                self._images_paused_until = time.monotonic() + IMAGE_PAUSE_S
-                self._make_room(None)
-            return None, sha, None, f"{type(exc).__name__}: {exc.strerror or exc}"
-        self.on_alarm("tracelog_images", None)
-        self._image_bytes += len(data)
-        self._tx_images.append((target, len(data)))
-        if self._image_bytes > self.disk_budget_bytes:
-            self._prune()
-        return rel.as_posix(), sha, len(data), None
-
-    def _discard_tx_images(self) -> None:
-        """The transaction rolled back: its image files must go too, or they would be orphans."""
-        for path, nbytes in self._tx_images:
-            try:
-                path.unlink()
-                self._image_bytes -= nbytes
-            except FileNotFoundError:
-                pass
-        self._tx_images = []
-
-    def _make_room(self, conn: sqlite3.Connection | None) -> None:
-        """Disk full: delete the oldest half of the kept images so rows can still be written."""
-        try:
-            if conn is None:
-                self._prune(self._image_bytes // 2)
-            else:
-                with conn:
-                    self._prune(self._image_bytes // 2)
-                # Move the WAL into the database file and truncate it: the WAL only shrinks this way.
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except (sqlite3.Error, OSError) as exc:
-            log.error("could not free disk space by pruning images: %s", exc)
-
-    def _prune(self, goal: int | None = None) -> None:
-        """Delete the oldest images until the folder is back under `goal` (default 90% of the budget)."""
-        assert self._conn is not None
-        goal = int(self.disk_budget_bytes * 0.9) if goal is None else goal
-        while self._image_bytes > goal:
-            rows = self._conn.execute(
-                "SELECT seq, image_path, image_bytes FROM parts WHERE image_path IS NOT NULL AND image_pruned=0 "
-                "ORDER BY seq LIMIT 500").fetchall()
-            if not rows:
-                break
-            for seq, rel, nbytes in rows:
-                if self._image_bytes <= goal:
-                    break
-                try:
-                    (self.images_dir / rel).unlink()
-                except FileNotFoundError:
-                    pass
-                self._image_bytes -= nbytes or 0
-                self.pruned += 1
-                self._conn.execute("UPDATE parts SET image_pruned=1 WHERE seq=?", (seq,))
-
-
-def encode_image(image: np.ndarray, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    if fmt == "png":
-        Image.fromarray(image).save(buf, format="PNG", compress_level=1)
-    else:
-        Image.fromarray(image).save(buf, format="JPEG", quality=92)
-    return buf.getvalue()
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno == errno.ENOSPC
-    return "full" in str(exc).lower()
-
-
-def _folder_bytes(folder: Path) -> int:
-    total = 0
-    if folder.exists():
-        for p in folder.rglob("*"):
-            if p.is_file():
-                total += p.stat().st_size
-    return total
 
 
 def rows_since(db_path: Path, since_iso: str | None) -> tuple[list[str], list[tuple[Any, ...]]]:
