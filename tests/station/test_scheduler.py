@@ -1,0 +1,38 @@
+"""The reject scheduler with the `log` actuator: order, merging of overlapping pulses, drain on stop."""
+
+from __future__ import annotations
+
+import time
+
+from station.actuators.log_output import LogActuator
+from station.config_actuators import LogActuatorConfig
+from station.records import ActuatorResult, Decision, Reason, Verdict
+from station.scheduler import RejectScheduler
+
+
+def verdict(seq: int, t_ns: int, decision: Decision = Decision.REJECT) -> Verdict:
+    return Verdict(seq=seq, decision=decision, reason=Reason.MODEL, p_defect=0.9, threshold=0.5, t_capture_ns=t_ns,
+                   t_decided_ns=t_ns, wall_time=time.time(), source="test")
+
+
+def test_overlapping_pulses_merge_into_one_and_every_part_is_reported():
+    actuator = LogActuator(LogActuatorConfig())
+    actuator.open()
+    reports = []
+    sched = RejectScheduler(actuator, delay_ms=50, pulse_ms=40, late_tolerance_ms=1000,
+                            on_report=reports.append, on_alarm=lambda n, m: None)
+    sched.start()
+    t0 = time.monotonic_ns()
+    try:
+        for i, seq in enumerate((1, 2, 3)):
+            sched.submit(verdict(seq, t0 + i * 10_000_000))  # 10 ms apart, 40 ms pulses
+        sched.submit(verdict(4, t0, Decision.OK))          # ok parts need no command
+        assert sched.drain(5)
+    finally:
+        sched.stop()
+        sched.join(5)
+    assert [r.seq for r in reports] == [1, 2, 3]
+    assert all(r.result is ActuatorResult.ACKNOWLEDGED for r in reports)
+    assert [r.error for r in reports][1:] == ["merged with previous pulse"] * 2
+    assert actuator.counters["on"] == 1 and actuator.counters["off"] == 1 and actuator.state is False
+    assert sched.merged == 2 and sched.pulses == 1
