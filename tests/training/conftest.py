@@ -7,33 +7,20 @@ into pytest's tmp folder at run time.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
+from support import casting_data_dir, require_component
 
-REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("def_front", "ok_front")
-
-
-def casting_data_dir() -> Path:
-    # Same rule as tests/conftest.py's helper; repeated here because conftest modules are not importable.
-    return Path(os.environ.get("CASTING_DATA_DIR", REPO.parent / "shared" / "data" / "casting"))
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     root = casting_data_dir()
-    if not (root / "train").is_dir() or not (root / "test").is_dir():
-        msg = f"casting data not found at {root} (set CASTING_DATA_DIR)"
-        if in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require_component((root / "train").is_dir() and (root / "test").is_dir(),
+                      f"casting data at {root} (set CASTING_DATA_DIR)")
     return root
 
 

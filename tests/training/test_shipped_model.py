@@ -12,25 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support import require_component
+
 from station.artifact import load_artifact
 from training.evaluate import score_split, variant_metrics
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "impeller-resnet18.pt"
 
 
-def _in_ci() -> bool:
-    import os
-
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 @pytest.mark.slow
 def test_shipped_model_accuracy_and_escapes(data_dir: Path) -> None:
-    if not SHIPPED_MODEL.is_file():
-        msg = f"shipped model {SHIPPED_MODEL} is missing"
-        if _in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require_component(SHIPPED_MODEL.is_file(), f"the shipped model {SHIPPED_MODEL}")
     artifact = load_artifact(SHIPPED_MODEL)
     meta = artifact.metadata
     recorded = meta.metrics
