@@ -1,7 +1,8 @@
 """`station bench`: replay N frames through the full pipeline and print per-stage latency and throughput.
 
 Each repeat runs a fresh `Station` built from the YAML, with the camera swapped for the frames
-(a folder, or frames the station renders itself) played as fast as the pipeline takes them, every
+(a folder, or frames the station renders itself) played as fast as the pipeline takes them
+(sustained throughput) or at `--rate` parts/s (latency at line speed), every
 part forced to a reject with zero ejector delay so the actuator command follows the verdict at
 once: capture -> actuator command is then the true end-to-end latency. The log goes to a temporary
 folder. Figures are medians over the repeats of each run's p50/p99/max and parts/s.
@@ -35,6 +36,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--frames", default=None, help="folder of images to replay (default: rendered frames)")
     p.add_argument("-n", "--parts", type=int, default=200, help="frames per repeat")
     p.add_argument("--repeats", type=int, default=3, help="runs; figures are medians over them")
+    p.add_argument("--rate", type=float, default=None, metavar="PARTS_PER_S",
+                   help="present parts at this pace (latency at line speed); default: as fast as the "
+                        "pipeline takes them (sustained throughput)")
     p.add_argument("--keep-actuator", action="store_true",
                    help="use the YAML's reject actuator (default: the log actuator, to time the pipeline alone)")
     from station.cli_bench_actuator import add_actuator_bench_arguments
@@ -57,12 +61,12 @@ def run_bench(args: argparse.Namespace) -> int:
     runs = []
     for i in range(args.repeats):
         result = bench_once(loaded, parts=args.parts, frames=Path(args.frames) if args.frames else None,
-                            keep_actuator=args.keep_actuator)
+                            keep_actuator=args.keep_actuator, rate=args.rate)
         if result is None:
             return 2
         runs.append(result)
         print(f"repeat {i + 1}/{args.repeats}: {result['parts_per_s']:.1f} parts/s", file=sys.stderr)
-    print(format_bench(runs, parts=args.parts))
+    print(format_bench(runs, parts=args.parts, rate=args.rate))
     return 0
 
 
@@ -80,7 +84,8 @@ def bench_config(loaded: LoadedConfig, log_dir: Path, *, keep_actuator: bool) ->
     return LoadedConfig(config=config, path=loaded.path, sha256=loaded.sha256)
 
 
-def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_actuator: bool) -> dict | None:
+def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_actuator: bool,
+               rate: float | None = None) -> dict | None:
     verdicts: dict[int, Verdict] = {}
     reports: dict[int, ActuationReport] = {}
     lock = threading.Lock()
@@ -96,9 +101,9 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
     with tempfile.TemporaryDirectory(prefix="station-bench-") as tmp:
         bl = bench_config(loaded, Path(tmp), keep_actuator=keep_actuator)
         if frames is not None:
-            camera = ReplayCamera(replay_camera_config(bl, frames, rate=None, fast=True, limit=parts))
+            camera = ReplayCamera(replay_camera_config(bl, frames, rate=rate, fast=rate is None, limit=parts))
         else:
-            camera = SyntheticCamera(SyntheticCameraConfig(rate_parts_per_s=None, limit=parts, defect_ratio=0.5))
+            camera = SyntheticCamera(SyntheticCameraConfig(rate_parts_per_s=rate, limit=parts, defect_ratio=0.5))
         station = Station(bl, camera=camera, on_verdict=on_verdict)
         station.report_listeners.append(on_report)
         from station.artifact import ModelArtifactError
@@ -129,12 +134,13 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
                        "capture -> actuator command": percentiles(e2e)}}
 
 
-def format_bench(runs: list[dict], *, parts: int) -> str:
+def format_bench(runs: list[dict], *, parts: int, rate: float | None = None) -> str:
     def med(values: list[float | None]) -> str:
         vals = [v for v in values if v is not None]
         return f"{statistics.median(vals):8.2f}" if vals else "     n/a"
 
-    lines = [f"station bench: {parts} parts x {len(runs)} repeat(s); medians over repeats, ms",
+    pace = "as fast as possible" if rate is None else f"{rate:g} parts/s"
+    lines = [f"station bench: {parts} parts x {len(runs)} repeat(s) at {pace}; medians over repeats, ms",
              f"{'stage':<34}{'p50':>8}{'p99':>8}{'max':>8}"]
     for stage in runs[0]["stages"]:
         row = [run["stages"][stage] for run in runs]
