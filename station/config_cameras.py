@@ -43,6 +43,8 @@ class SyntheticCameraConfig(_Strict):
     rate_parts_per_s: float | None = Field(4.0, gt=0, le=1000, description="Parts per second.")
     size_px: int = Field(300, ge=32, le=2048, description="Square frame size in pixels.")
     defect_ratio: float = Field(0.3, ge=0, le=1, description="Share of parts drawn with a defect.")
+    broken_ratio: float = Field(0.0, ge=0, le=1,
+                                description="Share of parts delivered as broken buffers (fail-safe demo).")
     seed: int = Field(0, ge=0, description="Random seed of the renderer.")
     limit: int | None = Field(None, ge=1, description="Stop after this many parts (null: run until stopped).")
 

@@ -1,8 +1,9 @@
 """The `synthetic` camera: impeller-like top views rendered by the station itself, for the built-in demo.
 
-No dataset and no hardware needed. Each frame is a grey cast disc with a hub, a bore and curved
-vanes on a light background; a configurable share of parts gets a defect drawn on it (blow holes,
-a chipped rim, a burr). These renders stand in for a camera in demos and benchmarks only; they are
+No dataset and no hardware needed. Each frame is a top view of a cast impeller (machined ring,
+dark vaned eye, bright hub) on a light table; a configurable share of parts gets a defect drawn on
+it (blow holes, a chipped rim, a burr), and another share arrives as a broken buffer, the way a
+camera glitch would, so the demo shows the fail-safe reject too. These renders stand in for a camera in demos and benchmarks only; they are
 not the casting images and the model was never trained on them, so the verdicts they get say
 nothing about accuracy.
 """
@@ -18,37 +19,48 @@ from station.config_cameras import SyntheticCameraConfig
 
 
 def render_impeller(rng: np.random.Generator, size: int, *, defective: bool) -> np.ndarray:
-    """Render one uint8 HxW frame."""
+    """Render one uint8 HxW frame: a machined ring around a dark vaned eye and a bright hub, lit from
+    a random side, on a brushed table."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    c = size / 2 + rng.normal(0, size * 0.01, 2)
+    c = size / 2 + rng.normal(0, size * 0.015, 2)
     dx, dy = xx - c[0], yy - c[1]
     r = np.hypot(dx, dy) / (size / 2)
-    theta = np.arctan2(dy, dx) + rng.uniform(0, 2 * np.pi)
-    img = np.full((size, size), 205.0, np.float32)
-    disc = r < 0.86
-    img[disc] = 110 + 25 * r[disc]
-    vanes = disc & (r > 0.32) & (np.cos(6 * (theta + 1.4 * r)) > 0.82)
-    img[vanes] = 150
-    img[(r > 0.18) & (r < 0.30)] = 135   # hub
-    img[r < 0.12] = 60                     # bore
-    img[(r > 0.83) & (r < 0.86)] = 170     # machined rim
+    ang = np.arctan2(dy, dx)
+    light = rng.uniform(0, 2 * np.pi)
+    # brushed light-grey table
+    img = 185 + 10 * np.sin((xx + yy) * 0.9 + rng.uniform(0, 6)) * rng.uniform(0.2, 0.6) + 15 * (1 - yy / size)
+    shade = np.cos(ang - light)
+    ring = (r >= 0.55) & (r < 0.82)
+    img[ring] = 175 + 45 * shade[ring] - 30 * (r[ring] - 0.55)
+    lip = (r >= 0.50) & (r < 0.55)
+    img[lip] = 215 + 20 * shade[lip]
+    eye = (r >= 0.24) & (r < 0.50)
+    vanes = np.cos(7 * (ang + 1.8 * r)) > 0.55
+    img[eye] = 45 + 10 * shade[eye]
+    img[eye & vanes] = 80 + 15 * shade[eye & vanes]
+    hub = (r >= 0.15) & (r < 0.24)
+    img[hub] = 200 + 30 * shade[hub]
+    hole = r < 0.15
+    img[hole] = 160 + 10 * shade[hole]
+    edge_shadow = (r >= 0.82) & (r < 0.86)
+    img[edge_shadow] = img[edge_shadow] * 0.75
     if defective:
         kind = rng.integers(0, 3)
-        if kind == 0:      # blow holes
-            for _ in range(int(rng.integers(2, 6))):
-                rr, aa = rng.uniform(0.35, 0.8), rng.uniform(0, 2 * np.pi)
+        if kind == 0:      # blow holes / pinholes on the machined ring
+            for _ in range(int(rng.integers(2, 7))):
+                rr, aa = rng.uniform(0.58, 0.8), rng.uniform(0, 2 * np.pi)
                 px, py = c[0] + rr * size / 2 * np.cos(aa), c[1] + rr * size / 2 * np.sin(aa)
-                rad = rng.uniform(0.012, 0.03) * size
-                img[np.hypot(xx - px, yy - py) < rad] = 35
+                rad = rng.uniform(0.008, 0.022) * size
+                img[np.hypot(xx - px, yy - py) < rad] = 40
         elif kind == 1:    # chipped rim
             a0 = rng.uniform(-np.pi, np.pi)
-            ang = np.angle(np.exp(1j * (np.arctan2(dy, dx) - a0)))
-            img[(np.abs(ang) < rng.uniform(0.12, 0.3)) & (r > 0.7) & (r < 0.86)] = 205
-        else:              # burr / flash on the edge
+            d = np.angle(np.exp(1j * (ang - a0)))
+            img[(np.abs(d) < rng.uniform(0.15, 0.35)) & (r > 0.7) & (r < 0.86)] = 190
+        else:              # burr / flash on the outer edge
             a0 = rng.uniform(-np.pi, np.pi)
-            ang = np.angle(np.exp(1j * (np.arctan2(dy, dx) - a0)))
-            img[(np.abs(ang) < 0.25) & (r >= 0.86) & (r < 0.95)] = 120
-    img += rng.normal(0, 4, img.shape)
+            d = np.angle(np.exp(1j * (ang - a0)))
+            img[(np.abs(d) < rng.uniform(0.2, 0.5)) & (r >= 0.82) & (r < 0.93)] = 120
+    img += rng.normal(0, 3, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -81,6 +93,12 @@ class SyntheticCamera(Camera):
         if not self._pacer.wait(timeout_s):
             return None
         t_ns = time.monotonic_ns()
+        if self._rng.random() < self.config.broken_ratio:
+            self._delivered += 1
+            self.counters["frames"] += 1
+            self.counters["bad_frames"] += 1
+            return Grab(image=None, source=f"synthetic#{self._delivered}", t_capture_ns=t_ns,
+                        error="simulated broken buffer (camera glitch)")
         defective = bool(self._rng.random() < self.config.defect_ratio)
         image = render_impeller(self._rng, self.config.size_px, defective=defective)
         self._delivered += 1
