@@ -88,14 +88,13 @@ class ReplayCamera(Camera):
             if not self._files:
                 raise CameraError(f"replay folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         elif path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-            try:
-                import cv2
-            except ImportError as exc:
-                raise CameraError("replaying a video needs OpenCV: pip install opencv-python-headless") from exc
-            cap = cv2.VideoCapture(str(path))
-            if not cap.isOpened():
-                raise CameraError(f"cannot open video {path}")
-            self._video = cap
+            # A video plays through the opencv camera's file mode, unpaced: this camera paces it.
+            from station.cameras.opencv_cam import OpenCvCamera
+            from station.config_cameras import OpenCvCameraConfig
+
+            video = OpenCvCamera(OpenCvCameraConfig(source=str(path), loop=self.config.loop), rate_parts_per_s=None)
+            video.open()
+            self._video = video
         elif path.is_file():
             raise CameraError(f"replay path {path} is neither a folder of images nor a video "
                               f"({', '.join(sorted(VIDEO_SUFFIXES))})")
@@ -156,20 +155,12 @@ class ReplayCamera(Camera):
         return Grab(image=image, source=str(path), label=label, meta=meta)
 
     def _next_video(self) -> Grab:
-        import cv2
-
-        ok, frame = self._video.read()
-        if not ok:
-            if not self.config.loop:
-                raise EndOfStream
-            self._video.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, frame = self._video.read()
-            if not ok:
-                raise EndOfStream
-        index = int(self._video.get(cv2.CAP_PROP_POS_FRAMES))
-        return Grab(image=to_station_image(frame, "bgr8"), source=f"{self.config.path}#{index}")
+        grab = self._video.grab(timeout_s=1.0)
+        if grab is None:
+            raise EndOfStream
+        return grab
 
     def close(self) -> None:
         if self._video is not None:
-            self._video.release()
+            self._video.close()
             self._video = None

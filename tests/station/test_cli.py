@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import REPO, make_frames, make_tiny_model, write_config
+from support import REPO, make_frames, make_tiny_model, require_component, write_config
 
 STATION = [sys.executable, "-m", "station.cli"]
 
@@ -236,3 +236,32 @@ tracelog: {dir: log}
     runs = conn.execute("SELECT COUNT(DISTINCT run_id) FROM parts").fetchone()[0]
     conn.close()
     assert seqs == list(range(1, 9)) and runs == 2
+
+
+def test_replay_of_a_video_file_gives_one_part_per_frame(tmp_path):
+    try:
+        import cv2
+    except ImportError:
+        require_component(False, "OpenCV (pip install opencv-python-headless)")
+    import numpy as np
+
+    from station.cameras.synthetic import render_impeller
+
+    writer = cv2.VideoWriter(str(tmp_path / "line.avi"), cv2.VideoWriter_fourcc(*"FFV1"), 10, (96, 96))
+    assert writer.isOpened(), "OpenCV cannot write FFV1 here"
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        writer.write(cv2.cvtColor(render_impeller(rng, 96, defective=False), cv2.COLOR_GRAY2BGR))
+    writer.release()
+    make_tiny_model(tmp_path / "tiny.pt")
+    cfg = write_config(tmp_path / "s.yaml", """
+camera: {kind: replay, path: line.avi}
+model: {path: tiny.pt, device: cpu}
+reject: {actuator: {kind: log}}
+tracelog: {dir: log, images: none}
+""")
+    result = station("replay", "line.avi", "-c", str(cfg), "--as-fast-as-possible", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["parts"] == 12
+    sources = [s for (s,) in sqlite3.connect(tmp_path / "log" / "trace.sqlite").execute("SELECT source FROM parts")]
+    assert sources[0].endswith("line.avi#1") and sources[-1].endswith("line.avi#12")
