@@ -196,7 +196,7 @@ def swap_reject_actuator(station: Station, new: Actuator, *, pulse_ms: float) ->
     assert station.scheduler is not None and station.reject_actuator is not None
     previous = station.reject_actuator
     with previous.lock:  # a command in progress on the old output completes first
-        station.scheduler.actuator = new
+        station.scheduler.swap_actuator(new)
         station.reject_actuator = new
     time.sleep(pulse_ms / 1000.0)
     with previous.lock:

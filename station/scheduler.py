@@ -73,6 +73,17 @@ class RejectScheduler(threading.Thread):
             heapq.heappush(self._heap, (due, next(self._order), verdict.seq, verdict))
             self._cond.notify()
 
+    def swap_actuator(self, new: Actuator) -> Actuator:
+        """Send every later command to `new` (live reload); return the old actuator.
+
+        A pulse the old output is giving keeps going there until the caller closes it; the next reject
+        must switch `new` on itself rather than merge into a pulse on another device.
+        """
+        with self._cond:
+            old, self.actuator = self.actuator, new
+            self._output_on = False
+        return old
+
     def adopt(self, old: RejectScheduler) -> None:
         """Take over the commands (and a pending 'off') of a scheduler whose thread died, before start()."""
         with old._cond:
