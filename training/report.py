@@ -77,28 +77,29 @@ def _confusion_png(path: Path, confusion: list[list[int]], title: str) -> None:
 
 
 def _curves(report_dir: Path, variants: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    fig, ax = plt.subplots(figsize=(4.5, 4))
     variants = {k: v for k, v in variants.items() if v[1].any() and (~v[1]).any()}
-    for name, (p, d) in variants.items():
-        fpr, tpr, _ = roc_curve(d, p)
-        ax.plot(fpr, tpr, label=name)
-    ax.set_xlabel("false positive rate (ok rejected)")
-    ax.set_ylabel("true positive rate (defective caught)")
-    ax.set_title("ROC, positive = defective")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(report_dir / "roc.png", dpi=110)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    roc = {name: roc_curve(d, p)[:2] for name, (p, d) in variants.items()}
+    _plot_curves(report_dir / "roc.png", roc, xlabel="false positive rate (ok rejected)",
+                 ylabel="true positive rate (defective caught)", title="ROC, positive = defective")
+    pr = {}
     for name, (p, d) in variants.items():
         precision, recall, _ = precision_recall_curve(d, p)
-        ax.plot(recall, precision, label=name)
-    ax.set_xlabel("recall (defective caught)")
-    ax.set_ylabel("precision")
-    ax.set_title("precision-recall, positive = defective")
+        pr[name] = (recall, precision)
+    _plot_curves(report_dir / "pr.png", pr, xlabel="recall (defective caught)", ylabel="precision",
+                 title="precision-recall, positive = defective")
+
+
+def _plot_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], *, xlabel: str, ylabel: str,
+                 title: str) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(report_dir / "pr.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -216,8 +216,8 @@ def test_demo_runs_with_simulated_plc(tmp_path):
     rows = sqlite3.connect(tmp_path / "demo-log" / "trace.sqlite").execute("SELECT decision FROM parts").fetchall()
     assert len(rows) == 8
     rejects = sum(1 for (d,) in rows if d == "reject")
-    if rejects:
-        assert f"PLC saw         {rejects} reject pulse(s)" in result.stdout
+    expected = f"PLC saw         {rejects} reject pulse(s)" if rejects else "PLC saw         no reject pulse"
+    assert expected in result.stdout, "the simulated PLC saw exactly one pulse per reject"
 
 
 def test_seq_stays_unique_across_runs_of_the_same_log(tmp_path):
