@@ -162,7 +162,9 @@ def format_summary(s: dict) -> str:
     fs = s["fail_safe"]
     lines.append("fail-safe       " + (", ".join(f"{k} {v}" for k, v in sorted(fs.items())) if fs else "none"))
     act = s["actuator"]
-    lines.append("actuator        " + (", ".join(f"{k} {v}" for k, v in sorted(act.items())) if act else "no commands"))
+    merged = f" ({s['merged_pulses']} merged into an overlapping pulse)" if s.get("merged_pulses") else ""
+    lines.append("actuator        " + (", ".join(f"{k} {v}" for k, v in sorted(act.items())) if act else "no commands")
+                 + merged)
     lines.append(f"inference       {_ms(s['infer_ms'])}")
     lines.append(f"capture->verdict {_ms(s['decide_ms'])}")
     lines.append(f"pulse lateness  {_ms(s['fire_lateness_ms'])}")

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from station.records import ActuationReport, ActuatorResult, Decision, Verdict
+from station.records import MERGED_NOTE, ActuationReport, ActuatorResult, Decision, Verdict
 
 log = logging.getLogger("station.health")
 
@@ -82,6 +82,7 @@ class Stats:
         self.fail_safe: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()  # tp / tn / escape / false_reject (labelled parts only)
         self.actuator: Counter[str] = Counter()
+        self.merged_pulses = 0  # rejects held out by an overlapping pulse instead of their own "on"
         # Percentiles over the most recent parts: a service runs for months, memory must not grow.
         self.decide_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.infer_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
@@ -106,6 +107,8 @@ class Stats:
     def add_report(self, r: ActuationReport) -> None:
         with self._lock:
             self.actuator[r.result.value] += 1
+            if r.error == MERGED_NOTE:
+                self.merged_pulses += 1
             if r.lateness_ms is not None and r.result in (ActuatorResult.ACKNOWLEDGED, ActuatorResult.LATE):
                 self.lateness_ms.append(r.lateness_ms)
 
@@ -123,6 +126,7 @@ class Stats:
                 "escapes": self.outcomes["escape"],
                 "false_rejects": self.outcomes["false_reject"],
                 "actuator": dict(self.actuator),
+                "merged_pulses": self.merged_pulses,
                 "decide_ms": percentiles(self.decide_ms),
                 "infer_ms": percentiles(self.infer_ms),
                 "fire_lateness_ms": percentiles(self.lateness_ms),

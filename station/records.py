@@ -92,6 +92,11 @@ class Verdict:
         return (self.t_decided_ns - self.t_capture_ns) / 1e6
 
 
+# actuator_error of a reject whose pulse overlapped the previous one: it sent no "on" of its own, the
+# output was held on until this part's pulse ended (result `acknowledged`).
+MERGED_NOTE = "merged with previous pulse"
+
+
 @dataclass(frozen=True)
 class ActuationReport:
     """The reject (or handshake) command's outcome for one part, written back to its log row."""

@@ -19,7 +19,7 @@ import time
 from typing import Callable
 
 from station.actuators.base import Actuator, ActuatorError, ActuatorNotConnected
-from station.records import ActuationReport, ActuatorResult, Decision, Verdict
+from station.records import MERGED_NOTE, ActuationReport, ActuatorResult, Decision, Verdict
 
 log = logging.getLogger("station.scheduler")
 
@@ -145,7 +145,7 @@ class RejectScheduler(threading.Thread):
             self.merged += 1
             with self._cond:
                 self._off_due_ns = max(self._off_due_ns or 0, end_ns)
-            self._report(seq, ActuatorResult.ACKNOWLEDGED, due_ns, time.monotonic_ns(), "merged with previous pulse")
+            self._report(seq, ActuatorResult.ACKNOWLEDGED, due_ns, time.monotonic_ns(), MERGED_NOTE)
             return
         result, error, fired = self._command(True)
         if result is ActuatorResult.ACKNOWLEDGED:

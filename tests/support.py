@@ -61,3 +61,13 @@ def make_frames(folder: Path, *, defective: int, ok: int, size: int = 96, seed: 
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def own_pulse_rows(rows) -> list:
+    """Reject rows that switched the output on themselves: delivered, and not merged into the previous
+    part's pulse. Two parts that arrive close together (a capture thread stalled on a loaded machine,
+    then catching up) overlap; the scheduler holds the first pulse on instead of sending a second "on",
+    so the device sees one on-edge for both. The device's on-edge count must match these rows."""
+    from station.records import MERGED_NOTE
+
+    return [r for r in rows if r["actuator_result"] in ("acknowledged", "late") and r["actuator_error"] != MERGED_NOTE]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from service_support import free_port, read_rows
-from support import make_tiny_model, write_config
+from support import make_tiny_model, own_pulse_rows, write_config
 
 from station.actuators.sim_server import start_sim_server
 from station.app import Station
@@ -64,9 +64,9 @@ def test_actuator_settings_move_to_another_plc_live(tmp_path, sim_plc):
         second_pulses, first_pulses = second.pulses(1), sim_plc.pulses(1)
         second_coil = second.coil(1)
         second.stop()
-    rows = read_rows(tmp_path / "log/trace.sqlite", "SELECT actuator_result FROM parts")
+    rows = read_rows(tmp_path / "log/trace.sqlite", "SELECT actuator_result, actuator_error FROM parts")
     assert len(rows) == summary["parts"] and {r["actuator_result"] for r in rows} <= {"acknowledged", "late"}
-    assert len(first_pulses) + len(second_pulses) == len(rows), "one pulse per reject, across both PLCs"
+    assert len(first_pulses) + len(second_pulses) == len(own_pulse_rows(rows)), "one pulse per reject, across both PLCs"
     assert all(on_ns < swapped_ns for on_ns, _ in first_pulses), "nothing goes to the old PLC after the swap"
     assert all(off_ns > 0 for _, off_ns in first_pulses + second_pulses), "every pulse ended"
     assert not sim_plc.coil(1) and not second_coil, "both outputs off"
@@ -118,6 +118,6 @@ def test_a_reload_that_fails_anywhere_changes_nothing(tmp_path, sim_plc, fault):
     finally:
         station.stop()
     assert (station.decision.settings, station.classifier, station.scheduler.actuator, station.config) == before
-    rows = read_rows(tmp_path / "log/trace.sqlite", "SELECT threshold, image_path FROM parts")
+    rows = read_rows(tmp_path / "log/trace.sqlite", "SELECT threshold, image_path, actuator_result, actuator_error FROM parts")
     assert all(r["threshold"] == 0.000001 and r["image_path"] for r in rows), "old threshold and images kept"
-    assert len(sim_plc.pulses(1)) == len(rows), "the running PLC link kept every reject"
+    assert len(sim_plc.pulses(1)) == len(own_pulse_rows(rows)), "the running PLC link kept every reject"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from service_support import NotifyListener, StationProcess, count_rows, free_port, read_rows, wait_rows
-from support import make_tiny_model, write_config
+from support import make_tiny_model, own_pulse_rows, write_config
 
 from station.actuators.sim_server import start_sim_server
 
@@ -82,11 +82,11 @@ def test_ready_watchdog_at_half_interval_stopping_and_clean_exit(tmp_path, notif
     ready_status = [f["STATUS"] for _, f in notify.snapshot() if is_ready(f)][0]
     assert ready_status.startswith("running:") and "healthy" in ready_status
     # Every captured part has its row, every reject its pulse, and the output is off.
-    rows = read_rows(db, "SELECT seq, decision, actuator_result FROM parts ORDER BY seq")
+    rows = read_rows(db, "SELECT seq, decision, actuator_result, actuator_error FROM parts ORDER BY seq")
     (summary,) = read_rows(db, "SELECT summary_json FROM runs")
     assert [r["seq"] for r in rows] == list(range(1, json.loads(summary["summary_json"])["parts"] + 1))
     assert {r["actuator_result"] for r in rows} <= {"acknowledged", "late"}
-    assert len(sim_plc.pulses(1)) == len(rows) and not sim_plc.coil(1)
+    assert len(sim_plc.pulses(1)) == len(own_pulse_rows(rows)) and not sim_plc.coil(1)
     assert "stopped cleanly" in proc.stderr
 
 

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from support import make_frames, write_config
+from support import make_frames, own_pulse_rows, write_config
 
 from station.app import Station
 from station.classifier import Classifier
@@ -77,13 +77,16 @@ def test_replay_200_frames_one_row_each_and_one_timed_pulse_per_reject(tmp_path,
     assert {r["label"] for r in parts} == {"defective", "ok"}
     rejects = [r for r in parts if r["decision"] == "reject"]
     assert 0 < len(rejects) < 200
+    assert all(r["actuator_result"] in ("acknowledged", "late") and r["fire_lateness_ms"] is not None
+               for r in rejects), "every reject verdict was delivered"
+    own = own_pulse_rows(rejects)
+    # Parts 50 ms apart with 20 ms pulses only overlap (and merge) when the capture thread stalled.
+    assert len(own) >= 0.75 * len(rejects)
     pulses = sim_plc.pulses(3)
-    assert len(pulses) == len(rejects), "exactly one coil pulse per reject verdict"
+    assert len(pulses) == len(own), "exactly one coil pulse per reject verdict (merged ones share one)"
     offsets_ms, widths_ms = [], []
-    for row, (on_ns, off_ns) in zip(rejects, pulses):
+    for row, (on_ns, off_ns) in zip(own, pulses):
         due_ns = row["t_capture_ns"] + int(DELAY_MS * 1e6)
-        assert row["actuator_result"] in ("acknowledged", "late")
-        assert row["fire_lateness_ms"] is not None
         offsets_ms.append((on_ns - due_ns) / 1e6)
         widths_ms.append((off_ns - on_ns) / 1e6)
     # Typical pulse within a few ms of due and as wide as pulse_ms, measured on the server; the
@@ -139,9 +142,11 @@ def test_plc_killed_and_restarted_mid_run_loses_no_row(tmp_path):
     assert all(r["actuator_error"] for r in undelivered)
     assert delivered[-1]["seq"] > undelivered[-1]["seq"], "pulses resumed after the reconnect"
     on_edges = len(plc.pulses(3))
-    # Pulses never overlap here (20 ms pulse, 50 ms gap): one edge per delivered part, except that a
-    # pulse whose "off" was cut by the outage may still hold the coil when the next "on" arrives.
-    assert len(delivered) - 1 <= on_edges <= len(delivered)
+    # One on-edge per part that sent its own "on" (a stalled capture thread can make two parts overlap,
+    # and the second then merges into the first's pulse), except that a pulse whose "off" was cut by
+    # the outage may still hold the coil when the next "on" arrives.
+    own = own_pulse_rows(parts)
+    assert len(own) - 1 <= on_edges <= len(own)
     conn = sqlite3.connect(tmp_path / "log" / "trace.sqlite")
     kinds = [k for (k,) in conn.execute("SELECT kind FROM events ORDER BY id")]
     conn.close()

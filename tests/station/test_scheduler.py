@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 from station.actuators.log_output import LogActuator
+from station.cli_run import format_summary
 from station.config_actuators import LogActuatorConfig
+from station.health import Stats
 from station.records import ActuatorResult, Decision, Reason, Verdict
 from station.scheduler import RejectScheduler
 
@@ -36,3 +38,11 @@ def test_overlapping_pulses_merge_into_one_and_every_part_is_reported():
     assert [r.error for r in reports][1:] == ["merged with previous pulse"] * 2
     assert actuator.counters["on"] == 1 and actuator.counters["off"] == 1 and actuator.state is False
     assert sched.merged == 2 and sched.pulses == 1
+    # The run summary says how many rejects rode on an overlapping pulse.
+    stats = Stats()
+    for r in reports:
+        stats.add_report(r)
+    summary = stats.snapshot()
+    assert summary["merged_pulses"] == 2 and summary["actuator"] == {"acknowledged": 3}
+    assert "acknowledged 3 (2 merged into an overlapping pulse)" in format_summary({**summary, "parts": 3, "ok": 0,
+                                                                                     "reject": 3, "labelled": 0})
