@@ -69,8 +69,7 @@ class Station:
     def start(self) -> None:
         cfg = self.config
         if self.classifier is None:
-            self.classifier = Classifier.from_file(cfg.model.path, device=cfg.model.device,
-                                                   warmup_runs=cfg.model.warmup_runs)
+            self.classifier = Classifier.from_config(cfg.model)
         if cfg.model.threads:
             import torch
             torch.set_num_threads(cfg.model.threads)
@@ -97,7 +96,7 @@ class Station:
         self.worker = InferenceWorker(self.frames, self.classifier, self.decision.on_prediction)
         self.capture = self._new_capture(first_seq)
         self.tracelog.start()
-        self.tracelog.event("INFO", "start", f"run {self.run_id}: model {self.classifier.model_id}, "
+        self.tracelog.event("INFO", "start", f"run {self.run_id}: model {self.classifier.describe()}, "
                                              f"threshold {threshold:g}, camera {self.camera.describe()}")
         self.scheduler.start()
         self.deadline_watch.start()
@@ -107,7 +106,7 @@ class Station:
         self._housekeeping.start()
         self.started = True
         log.info("station %s started: run %s, model %s (threshold %g), camera %s, reject via %s",
-                 cfg.station.id, self.run_id, self.classifier.model_id, threshold, self.camera.describe(),
+                 cfg.station.id, self.run_id, self.classifier.describe(), threshold, self.camera.describe(),
                  self.reject_actuator.describe())
 
     # ---- stage factories (start, and the supervisor's restarts) ------------------------------------

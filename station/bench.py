@@ -12,6 +12,7 @@ folder. Figures are medians over the repeats of each run's p50/p99/max and parts
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -39,6 +40,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--rate", type=float, default=None, metavar="PARTS_PER_S",
                    help="present parts at this pace (latency at line speed); default: as fast as the "
                         "pipeline takes them (sustained throughput)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "auto"), default=None,
+                   help="inference backend to time (default: the YAML's model.backend)")
     p.add_argument("--keep-actuator", action="store_true",
                    help="use the YAML's reject actuator (default: the log actuator, to time the pipeline alone)")
     from station.cli_bench_actuator import add_actuator_bench_arguments
@@ -58,6 +61,14 @@ def run_bench(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.config)
     if loaded is None:
         return 2
+    if args.backend:
+        model = loaded.config.model.model_copy(update={"backend": args.backend})
+        try:
+            model = type(model).model_validate(model.model_dump())
+        except ValueError as exc:
+            print(f"bench: --backend {args.backend}: {exc}", file=sys.stderr)
+            return 2
+        loaded = dataclasses.replace(loaded, config=loaded.config.model_copy(update={"model": model}))
     runs = []
     for i in range(args.repeats):
         result = bench_once(loaded, parts=args.parts, frames=Path(args.frames) if args.frames else None,
@@ -66,7 +77,7 @@ def run_bench(args: argparse.Namespace) -> int:
             return 2
         runs.append(result)
         print(f"repeat {i + 1}/{args.repeats}: {result['parts_per_s']:.1f} parts/s", file=sys.stderr)
-    print(format_bench(runs, parts=args.parts, rate=args.rate))
+    print(format_bench(runs, parts=args.parts, rate=args.rate, backend=runs[0]["backend"]))
     return 0
 
 
@@ -127,6 +138,7 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
                if r.fired_ns is not None and s in verdicts]
     queue_wait = [v.decide_ms - v.infer_ms for v in verdicts.values() if v.infer_ms is not None]
     return {"parts": len(verdicts), "parts_per_s": len(verdicts) / elapsed if elapsed > 0 else 0.0,
+            "backend": station.classifier.backend,
             "stages": {"queue wait + decision": percentiles(queue_wait),
                        "inference (preprocess + model)": percentiles(infer),
                        "capture -> verdict": percentiles(decide),
@@ -134,13 +146,14 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
                        "capture -> actuator command": percentiles(e2e)}}
 
 
-def format_bench(runs: list[dict], *, parts: int, rate: float | None = None) -> str:
+def format_bench(runs: list[dict], *, parts: int, rate: float | None = None, backend: str | None = None) -> str:
     def med(values: list[float | None]) -> str:
         vals = [v for v in values if v is not None]
         return f"{statistics.median(vals):8.2f}" if vals else "     n/a"
 
     pace = "as fast as possible" if rate is None else f"{rate:g} parts/s"
-    lines = [f"station bench: {parts} parts x {len(runs)} repeat(s) at {pace}; medians over repeats, ms",
+    on = f", inference backend {backend}" if backend else ""
+    lines = [f"station bench: {parts} parts x {len(runs)} repeat(s) at {pace}{on}; medians over repeats, ms",
              f"{'stage':<34}{'p50':>8}{'p99':>8}{'max':>8}"]
     for stage in runs[0]["stages"]:
         row = [run["stages"][stage] for run in runs]

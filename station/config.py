@@ -39,7 +39,17 @@ class ModelSection(_Strict):
                        description="Model artifact; relative paths are relative to the YAML file.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
     warmup_runs: int = Field(3, ge=0, le=100, description="Dummy inferences before the station is ready.")
-    threads: int | None = Field(None, ge=1, le=256, description="CPU inference threads (null: torch's default).")
+    threads: int | None = Field(None, ge=1, le=256,
+                                description="CPU inference threads (null: the backend's default, one per core).")
+    backend: Literal["torch", "onnxruntime", "auto"] = Field(
+        "torch", description="torch: CUDA or CPU. onnxruntime: CPU only, converted and checked against torch "
+                             "at start-up. auto: torch on CUDA when the device allows, else onnxruntime.")
+
+    @model_validator(mode="after")
+    def _backend_device(self) -> ModelSection:
+        if self.backend == "onnxruntime" and self.device == "cuda":
+            raise ValueError("model.backend: onnxruntime runs on the CPU; use device cpu or auto, or backend torch")
+        return self
 
 
 class DecisionSection(_Strict):

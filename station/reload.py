@@ -97,7 +97,7 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
     # 2. Apply, each from its next part on.
     if classifier is not None:
         station.worker.classifier = station.classifier = classifier
-        result.applied.append(f"model {classifier.model_id}")
+        result.applied.append(f"model {classifier.describe()}")
     threshold = new.decision.threshold if new.decision.threshold is not None \
         else station.classifier.recommended_threshold
     settings = DecisionSettings(threshold=threshold, deadline_ms=new.decision.deadline_ms,
@@ -155,18 +155,23 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
 
 
 def load_changed_model(running: Classifier, old: StationConfig, new: StationConfig) -> Classifier | None:
-    """A new, verified classifier when the model path, the file's content or its device changed; else None."""
+    """A new, verified classifier when the model path, the file's content, its device or its backend
+    changed (or onnxruntime's thread count); else None."""
     m = new.model
     try:
         same_file = m.path == old.model.path and file_sha256(m.path) == running.artifact.sha256
     except OSError as exc:
         raise ReloadError(f"model.path {m.path}: {exc.strerror or exc}; "
                           f"the running model {running.model_id} is kept") from exc
-    if same_file and (m.device, m.warmup_runs) == (old.model.device, old.model.warmup_runs):
+    # An onnxruntime session fixes its thread count when it is made: a new count needs a new session.
+    threads_fixed = m.backend != "torch" and m.threads != old.model.threads
+    if same_file and not threads_fixed and (m.device, m.warmup_runs, m.backend) == (
+            old.model.device, old.model.warmup_runs, old.model.backend):
         return None
     try:
-        # Loading verifies it: format, architecture, tensor shapes, finite weights, an output probe.
-        return Classifier.from_file(m.path, device=m.device, warmup_runs=m.warmup_runs)
+        # Loading verifies it: format, architecture, tensor shapes, finite weights, an output probe (and,
+        # for onnxruntime, agreement with torch on probe images).
+        return Classifier.from_config(m)
     except ModelArtifactError as exc:
         raise ReloadError(f"{exc}; the running model {running.model_id} is kept") from exc
     except RuntimeError as exc:  # torch: device unavailable or out of memory while loading or probing

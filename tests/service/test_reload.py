@@ -121,3 +121,31 @@ def test_a_reload_that_fails_anywhere_changes_nothing(tmp_path, sim_plc, fault):
     rows = read_rows(tmp_path / "log/trace.sqlite", "SELECT threshold, image_path, actuator_result, actuator_error FROM parts")
     assert all(r["threshold"] == 0.000001 and r["image_path"] for r in rows), "old threshold and images kept"
     assert len(sim_plc.pulses(1)) == len(own_pulse_rows(rows)), "the running PLC link kept every reject"
+
+
+def test_inference_backend_switches_live_and_back(tmp_path):
+    station = start(tmp_path, config_text())
+    try:
+        until(lambda: station.stats.parts >= 3)
+        on_torch = station.classifier
+        to_ort = reload_with(station, tmp_path, config_text().replace("warmup_runs: 0", "warmup_runs: 0, "
+                                                                       "backend: onnxruntime, threads: 1"))
+        cut = station.stats.parts
+        until(lambda: station.stats.parts >= cut + 3)
+        on_ort = station.classifier
+        # A new onnxruntime thread count needs a new session: the classifier is rebuilt.
+        more_threads = reload_with(station, tmp_path, config_text().replace(
+            "warmup_runs: 0", "warmup_runs: 0, backend: onnxruntime, threads: 2"))
+        rebuilt = station.classifier
+        back = reload_with(station, tmp_path, config_text())
+        cut = station.stats.parts
+        until(lambda: station.stats.parts >= cut + 3)
+    finally:
+        station.stop()
+    assert on_torch.backend == "torch" and on_ort.backend == "onnxruntime" and on_ort.runner is not None
+    assert any("onnxruntime on cpu" in a for a in to_ort.applied)
+    assert rebuilt is not on_ort and rebuilt.backend == "onnxruntime"
+    assert any("onnxruntime on cpu" in a for a in more_threads.applied)
+    assert station.classifier.backend == "torch" and any("torch on cpu" in a for a in back.applied)
+    rows = read_rows(tmp_path / "log/trace.sqlite", "SELECT seq, p_defect FROM parts ORDER BY seq")
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1)) and all(r["p_defect"] is not None for r in rows)

@@ -198,6 +198,9 @@ reject: {actuator: {kind: log}}
                   "sustained parts/s"):
         assert stage in result.stdout
     assert not (tmp_path / "var").exists(), "bench writes its log to a temporary folder"
+    assert "inference backend torch" in result.stdout
+    ort = station("bench", "-c", str(cfg), "-n", "10", "--repeats", "1", "--backend", "onnxruntime", cwd=tmp_path)
+    assert ort.returncode == 0 and "inference backend onnxruntime" in ort.stdout, ort.stderr
 
 
 def test_demo_runs_with_simulated_plc(tmp_path):

@@ -1,0 +1,127 @@
+"""`model.backend: onnxruntime`: the torch artifact converted at start-up and checked against torch.
+
+Real components: ONNX Runtime's CPU session, torch's ONNX exporter, the artifact files, the station
+with a replay camera and an SQLite trace log. The shipped-model test reads the casting test split
+from ../shared (required in CI).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from support import casting_data_dir, make_frames, make_tiny_model, require_component, write_config
+from torch import nn
+
+from station.app import Station
+from station.artifact import ModelArtifactError, load_artifact
+from station.cameras.replay import list_frames, load_image
+from station.classifier import Classifier
+from station.configfile import ConfigError, load_config
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "impeller-resnet18.pt"
+
+
+def test_station_runs_on_onnxruntime_with_the_torch_scores(tmp_path):
+    frames = make_frames(tmp_path / "frames", defective=10, ok=10, size=64)
+    model = make_tiny_model(tmp_path / "tiny.pt")
+    torch_clf = Classifier.from_file(model, device="cpu", warmup_runs=0)
+    expected = {p.name: torch_clf.predict(load_image(p)) for p in list_frames(frames)}
+    cfg = load_config(write_config(tmp_path / "s.yaml", f"""
+camera: {{kind: replay, path: {frames}, rate_parts_per_s: null, order: sorted}}
+model: {{path: tiny.pt, backend: onnxruntime, threads: 1}}
+decision: {{threshold: 0.5}}
+reject: {{actuator: {{kind: log}}}}
+tracelog: {{dir: log, images: none}}
+"""))
+    station = Station(cfg)
+    station.start()
+    try:
+        assert station.wait_source_finished(timeout_s=60)
+    finally:
+        station.stop()
+    assert station.classifier.backend == "onnxruntime" and station.classifier.runner is not None
+    conn = sqlite3.connect(tmp_path / "log" / "trace.sqlite")
+    rows = conn.execute("SELECT source, p_defect FROM parts ORDER BY seq").fetchall()
+    (start,) = conn.execute("SELECT message FROM events WHERE kind = 'start'").fetchone()
+    conn.close()
+    assert len(rows) == 20 and "onnxruntime on cpu" in start
+    for source, p in rows:
+        assert abs(p - expected[Path(source).name]) < 1e-5, source
+
+
+class TracedBranch(nn.Module):
+    """A network whose Python branch the ONNX exporter freezes at the example input (all zeros): the
+    exported graph then scores every real image differently from torch. The kind of silent export
+    fault the start-up check is there to catch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3))
+        if bool(x.abs().sum() == 0):
+            return self.head(pooled)
+        return self.head(pooled) * 4.0
+
+
+def test_an_export_that_changes_the_scores_is_refused(tmp_path):
+    artifact = dataclasses.replace(load_artifact(make_tiny_model(tmp_path / "tiny.pt")), model=TracedBranch().eval())
+    with pytest.raises(ModelArtifactError, match="onnxruntime and torch disagree"):
+        Classifier(artifact, device="cpu", warmup_runs=0, backend="onnxruntime")
+    # The same network on torch is accepted: the refusal is about the conversion, not the model.
+    assert Classifier(artifact, device="cpu", warmup_runs=0, backend="torch").backend == "torch"
+
+
+def test_an_onnxruntime_failure_is_a_runtime_error_the_worker_turns_into_model_error(tmp_path):
+    clf = Classifier.from_file(make_tiny_model(tmp_path / "tiny.pt"), device="cpu", warmup_runs=0,
+                               backend="onnxruntime")
+    with pytest.raises(RuntimeError, match="onnxruntime"):
+        clf.runner(np.zeros((1, 3, 8, 8), dtype=np.float32))  # wrong input size for the session
+
+
+def test_onnxruntime_on_cuda_is_a_config_error_naming_the_key(tmp_path):
+    make_tiny_model(tmp_path / "tiny.pt")
+    path = write_config(tmp_path / "s.yaml", "camera: {kind: synthetic}\nmodel:\n  path: tiny.pt\n"
+                                             "  device: cuda\n  backend: onnxruntime\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    (issue,) = err.value.issues
+    assert issue.key == "model.backend" and issue.line == 5 and "runs on the CPU" in issue.message
+
+
+@pytest.mark.slow
+def test_shipped_model_gives_the_same_verdicts_on_both_backends_on_the_test_split():
+    data = casting_data_dir() / "test"
+    require_component(SHIPPED_MODEL.is_file(), f"the shipped model {SHIPPED_MODEL}")
+    require_component(data.is_dir(), f"the casting test split {data}")
+    artifact = load_artifact(SHIPPED_MODEL)
+    on_torch = Classifier(artifact, device="cpu", warmup_runs=0, backend="torch")
+    on_ort = Classifier(load_artifact(SHIPPED_MODEL), device="cpu", warmup_runs=0, backend="onnxruntime")
+    threshold = artifact.metadata.recommended_threshold
+    paths = list_frames(data)
+    assert len(paths) == 715
+    worst, flipped = 0.0, []
+    for path in paths:
+        image = load_image(path)
+        p_torch, p_ort = on_torch.predict(image), on_ort.predict(image)
+        worst = max(worst, abs(p_torch - p_ort))
+        if (p_torch >= threshold) != (p_ort >= threshold):
+            flipped.append(path.name)
+    assert not flipped, f"verdicts differ between backends: {flipped}"
+    assert worst < 1e-4, worst
+
+
+def test_auto_backend_is_torch_on_cuda_else_onnxruntime():
+    from station.classifier import resolve_backend
+
+    assert resolve_backend("auto", "auto") == ("torch" if torch.cuda.is_available() else "onnxruntime")
+    assert resolve_backend("auto", "cpu") == "onnxruntime"
+    assert resolve_backend("torch", "cpu") == "torch"
+    with pytest.raises(ModelArtifactError, match="unknown inference backend"):
+        resolve_backend("tensorrt", "cpu")
