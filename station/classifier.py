@@ -21,7 +21,7 @@ import torch
 
 from station.artifact import LoadedArtifact, ModelArtifactError, load_artifact
 from station.config import ModelSection
-from station.ort_backend import softmax
+from station.ort_backend import OnnxRuntimeRunner, softmax
 from station.preprocess import FrameFormatError
 from station.records import Frame, Prediction
 
@@ -79,8 +79,6 @@ class Classifier:
                 f"model output shape {tuple(probe.shape)} does not match {len(artifact.metadata.class_names)} classes")
         self.runner = None
         if backend == "onnxruntime":
-            from station.ort_backend import OnnxRuntimeRunner
-
             self.runner = OnnxRuntimeRunner(self.model, input_size=size, defective_index=self.defective_index,
                                             threads=threads)
         blank = torch.zeros(1, 3, size, size, device=self.device)
