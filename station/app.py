@@ -261,6 +261,7 @@ class Station:
                 with actuator.lock:
                     actuator.close()
         summary = self.stats.snapshot()
+        summary["model"] = self.classifier.describe() if self.classifier else None
         summary["camera"] = dict(self.camera.counters) if self.camera else {}
         summary["overruns"] = self.capture.overruns
         summary["alarms_raised"] = self.health.raised_total

@@ -154,7 +154,8 @@ def _ms(p: dict) -> str:
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"parts           {s['parts']}  (ok {s['ok']}, reject {s['reject']})"]
+    lines = [f"model           {s['model']}"] if s.get("model") else []
+    lines.append(f"parts           {s['parts']}  (ok {s['ok']}, reject {s['reject']})")
     if s["labelled"]:
         lines.append(f"labelled        {s['labelled']}  accuracy {100 * s['accuracy']:.2f}%")
         lines.append(f"escapes         {s['escapes']}  (defective parts passed)")

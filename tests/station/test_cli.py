@@ -218,6 +218,9 @@ def test_demo_runs_with_simulated_plc(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("part ") >= 8
     assert "PLC simulated by pymodbus on 127.0.0.1" in result.stdout and "PLC saw" in result.stdout
+    # demo.yaml asks for backend auto: onnxruntime on a machine without CUDA.
+    import torch
+    assert ("(torch on cuda)" if torch.cuda.is_available() else "(onnxruntime on cpu)") in result.stdout
     conn = sqlite3.connect(tmp_path / "demo-log" / "trace.sqlite")
     conn.row_factory = sqlite3.Row
     rows = conn.execute("SELECT decision, actuator_result, actuator_error FROM parts").fetchall()
