@@ -71,3 +71,29 @@ def own_pulse_rows(rows) -> list:
     from station.records import MERGED_NOTE
 
     return [r for r in rows if r["actuator_result"] in ("acknowledged", "late") and r["actuator_error"] != MERGED_NOTE]
+
+
+def run_to_end(loaded, *, timeout_s: float = 120.0, **station_kwargs):
+    """Start a Station on a loaded config, wait until its frame source has ended, stop it (always) and
+    return (station, summary)."""
+    from station.app import Station
+
+    station = Station(loaded, **station_kwargs)
+    station.start()
+    try:
+        assert station.wait_source_finished(timeout_s=timeout_s), "the frame source did not end in time"
+    finally:
+        summary = station.stop()
+    return station, summary
+
+
+def query(db: Path, sql: str, args: tuple = ()) -> list:
+    """Rows (sqlite3.Row, by column name) of one query on a trace log."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from support import REPO
+from support import query as read_rows  # noqa: F401  (the service tests' name for it)
 
 
 class NotifyListener:
@@ -146,11 +147,3 @@ def wait_rows(db: Path, n: int, *, timeout: float = 90.0, sql: str = "SELECT COU
         time.sleep(0.1)
     raise AssertionError(f"only {count_rows(db, sql, args)} of {n} rows after {timeout} s ({sql})")
 
-
-def read_rows(db: Path, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()

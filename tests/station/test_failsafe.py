@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import torch
-from support import make_frames, make_tiny_model, write_config
+from support import make_frames, make_tiny_model, query, run_to_end, write_config
 
 from station.app import Station
 from station.artifact import ArtifactMetadata, build_model, save_artifact
@@ -29,17 +29,8 @@ def resnet_artifact(path: Path) -> Path:
 
 def run_replay(tmp: Path, body: str) -> tuple[dict, list[sqlite3.Row], Station]:
     cfg = load_config(write_config(tmp / "s.yaml", body))
-    station = Station(cfg)
-    station.start()
-    try:
-        assert station.wait_source_finished(timeout_s=120)
-    finally:
-        summary = station.stop()
-    conn = sqlite3.connect(cfg.config.tracelog.dir / "trace.sqlite")
-    conn.row_factory = sqlite3.Row
-    rows = conn.execute("SELECT * FROM parts ORDER BY seq").fetchall()
-    conn.close()
-    return summary, rows, station
+    station, summary = run_to_end(cfg)
+    return summary, query(cfg.config.tracelog.dir / "trace.sqlite", "SELECT * FROM parts ORDER BY seq"), station
 
 
 def test_full_queue_gives_overrun_verdicts_not_lost_parts(tmp_path):

@@ -8,16 +8,14 @@ from ../shared (required in CI).
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from support import casting_data_dir, make_frames, make_tiny_model, require_component, write_config
+from support import casting_data_dir, make_frames, make_tiny_model, query, require_component, run_to_end, write_config
 from torch import nn
 
-from station.app import Station
 from station.artifact import ModelArtifactError, load_artifact
 from station.cameras.replay import list_frames, load_image
 from station.classifier import Classifier
@@ -38,18 +36,12 @@ decision: {{threshold: 0.5}}
 reject: {{actuator: {{kind: log}}}}
 tracelog: {{dir: log, images: none}}
 """))
-    station = Station(cfg)
-    station.start()
-    try:
-        assert station.wait_source_finished(timeout_s=60)
-    finally:
-        station.stop()
+    station, _ = run_to_end(cfg, timeout_s=60)
     assert station.classifier.backend == "onnxruntime" and station.classifier.runner is not None
-    conn = sqlite3.connect(tmp_path / "log" / "trace.sqlite")
-    rows = conn.execute("SELECT source, p_defect FROM parts ORDER BY seq").fetchall()
-    (start,) = conn.execute("SELECT message FROM events WHERE kind = 'start'").fetchone()
-    conn.close()
-    assert len(rows) == 20 and "onnxruntime on cpu" in start
+    db = tmp_path / "log" / "trace.sqlite"
+    rows = query(db, "SELECT source, p_defect FROM parts ORDER BY seq")
+    (start,) = query(db, "SELECT message FROM events WHERE kind = 'start'")
+    assert len(rows) == 20 and "onnxruntime on cpu" in start["message"]
     for source, p in rows:
         assert abs(p - expected[Path(source).name]) < 1e-5, source
 

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from support import make_frames, own_pulse_rows, write_config
+from support import make_frames, own_pulse_rows, query, run_to_end, write_config
 
 from station.app import Station
 from station.classifier import Classifier
@@ -49,12 +49,7 @@ tracelog: {{dir: log, images: rejects}}
 
 
 def rows(db: Path) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute("SELECT * FROM parts ORDER BY seq").fetchall()
-    finally:
-        conn.close()
+    return query(db, "SELECT * FROM parts ORDER BY seq")
 
 
 def test_replay_200_frames_one_row_each_and_one_timed_pulse_per_reject(tmp_path, sim_plc):
@@ -64,13 +59,7 @@ def test_replay_200_frames_one_row_each_and_one_timed_pulse_per_reject(tmp_path,
     make_tiny_model(model)
     threshold = median_threshold(model, frames)
     cfg = load_config(station_yaml(tmp_path, port=sim_plc.port, threshold=threshold, rate=20, frames=frames))
-    station = Station(cfg)
-    station.start()
-    try:
-        assert station.wait_source_finished(timeout_s=120)
-    finally:
-        summary = station.stop()
-
+    _, summary = run_to_end(cfg)
     parts = rows(tmp_path / "log" / "trace.sqlite")
     assert len(parts) == 200 == summary["parts"]
     assert [r["seq"] for r in parts] == list(range(1, 201))

@@ -6,10 +6,9 @@ an SQLite trace log, a tiny untrained model.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
-from support import make_frames, make_tiny_model, write_config
+from support import make_frames, make_tiny_model, query, run_to_end, write_config
 
 from station.actuators.plc_handshake import PART_SEQ_LO, VERDICT_CODE
 from station.app import Station
@@ -35,15 +34,8 @@ reject:
     heartbeat_ms: 50
 tracelog: {{dir: log}}
 """))
-    station = Station(cfg)
-    station.start()
-    try:
-        assert station.wait_source_finished(timeout_s=60)
-    finally:
-        station.stop()
-    conn = sqlite3.connect(tmp_path / "log" / "trace.sqlite")
-    rows = conn.execute("SELECT seq, decision, actuator_result FROM parts ORDER BY seq").fetchall()
-    conn.close()
+    run_to_end(cfg, timeout_s=60)
+    rows = query(tmp_path / "log" / "trace.sqlite", "SELECT seq, decision, actuator_result FROM parts ORDER BY seq")
     assert len(rows) == 20
     assert all(r[2] in ("acknowledged", "late") for r in rows), "every part's verdict reached the PLC"
     writes = list(sim_plc.register_writes)
