@@ -78,11 +78,12 @@ def test_replay_200_frames_one_row_each_and_one_timed_pulse_per_reject(tmp_path,
         due_ns = row["t_capture_ns"] + int(DELAY_MS * 1e6)
         offsets_ms.append((on_ns - due_ns) / 1e6)
         widths_ms.append((off_ns - on_ns) / 1e6)
-    # Typical pulse within a few ms of due and as wide as pulse_ms, measured on the server; the
-    # per-pulse bound is loose because a 2-core CI box can stall any thread for tens of ms.
+    # Typical pulse within a few ms of due and as wide as pulse_ms, measured on the server. The
+    # per-pulse bound only catches gross errors (a pulse fired at verdict time would start ~120 ms
+    # early): a loaded 2-core CI box can stall any single thread for tens of ms.
     assert abs(statistics.median(offsets_ms)) < 5, f"median start offset {statistics.median(offsets_ms):.1f} ms"
     assert abs(statistics.median(widths_ms) - PULSE_MS) < 5, f"median width {statistics.median(widths_ms):.1f} ms"
-    assert max(abs(o) for o in offsets_ms) < 60 and max(abs(w - PULSE_MS) for w in widths_ms) < 60
+    assert max(abs(o) for o in offsets_ms) < 100 and max(abs(w - PULSE_MS) for w in widths_ms) < 100
     # Images kept for rejects only, each file matching its recorded hash.
     import hashlib
     for row in rejects[:5]:
