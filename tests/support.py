@@ -97,3 +97,18 @@ def query(db: Path, sql: str, args: tuple = ()) -> list:
         return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
+
+
+def assert_pulse_timing(pulses: list[tuple[int, int]], dues_ns: list[int], *, pulse_ms: float) -> None:
+    """Pulses as the device saw them, against their due times: none early, typical ones within a few ms
+    of due and as wide as pulse_ms. The per-pulse bound only catches gross errors: a loaded 2-core CI
+    box can stall any single thread for tens of ms (precise figures come from `station bench --actuator`)."""
+    import statistics
+
+    assert len(pulses) == len(dues_ns)
+    late_ms = [(on_ns - due) / 1e6 for (on_ns, _), due in zip(pulses, dues_ns)]
+    width_err_ms = [abs((off_ns - on_ns) / 1e6 - pulse_ms) for on_ns, off_ns in pulses]
+    assert min(late_ms) >= 0, f"a pulse reached the device before it was due: {min(late_ms):.2f} ms"
+    assert statistics.median(late_ms) <= 5, f"median lateness {statistics.median(late_ms):.2f} ms"
+    assert statistics.median(width_err_ms) <= 5, f"median width error {statistics.median(width_err_ms):.2f} ms"
+    assert max(late_ms) <= 100 and max(width_err_ms) <= 100, (max(late_ms), max(width_err_ms))

@@ -72,3 +72,4 @@ def pulse_parts(actuator, dues_ns: list[int], *, pulse_ms: float) -> list[dict]:
 @pytest.fixture
 def fire_pulses():
     return pulse_parts
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from support import assert_pulse_timing
 
 from station.actuators import build_actuator
 from station.actuators.base import ActuatorNotConnected, ActuatorTransportError
@@ -12,7 +13,6 @@ from station.actuators.sim_server import start_sim_serial_server
 from station.config_actuators import ModbusRtuActuatorConfig
 
 PULSE_MS = 30.0
-TOLERANCE_MS = 20.0
 
 
 def rtu_actuator(port: str):
@@ -35,9 +35,7 @@ def test_rtu_pulses_seen_by_the_plc(pty_pair, fire_pulses):
     assert [o["result"] for o in outcomes] == ["acknowledged"] * 20
     pulses = plc.pulses(2)
     assert len(pulses) == 20
-    for (on_ns, off_ns), due in zip(pulses, dues):
-        assert 0 <= (on_ns - due) / 1e6 <= TOLERANCE_MS
-        assert abs((off_ns - on_ns) / 1e6 - PULSE_MS) <= TOLERANCE_MS
+    assert_pulse_timing(pulses, dues, pulse_ms=PULSE_MS)
     assert plc.coil(2) is False
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from support import assert_pulse_timing
 
 from station.actuators import build_actuator
 from station.actuators.base import ActuatorNotConnected, ActuatorTransportError
@@ -14,7 +15,6 @@ from station.config_actuators import SerialRelayActuatorConfig
 ON = bytes.fromhex("A0 01 01 A2")
 OFF = bytes.fromhex("A0 01 00 A1")
 PULSE_MS = 40.0
-TOLERANCE_MS = 20.0
 
 
 def relay(port: str, **kw):
@@ -38,9 +38,7 @@ def test_lctech_preset_sends_exact_bytes_with_the_pulse_timing(pty_pair, fire_pu
     # off on open, five on/off pulses, off on close: nothing else on the wire.
     assert board.data == OFF + (ON + OFF) * 5 + OFF
     ons, offs = board.command_times(ON), board.command_times(OFF)[1:6]
-    for due, on_ns, off_ns in zip(dues, ons, offs):
-        assert 0 <= (on_ns - due) / 1e6 <= TOLERANCE_MS
-        assert abs((off_ns - on_ns) / 1e6 - PULSE_MS) <= TOLERANCE_MS
+    assert_pulse_timing(list(zip(ons, offs)), dues, pulse_ms=PULSE_MS)
 
 
 def test_generic_bytes_from_the_yaml(pty_pair):
