@@ -72,4 +72,3 @@ def pulse_parts(actuator, dues_ns: list[int], *, pulse_ms: float) -> list[dict]:
 @pytest.fixture
 def fire_pulses():
     return pulse_parts
-
