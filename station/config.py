@@ -133,16 +133,20 @@ class StationConfig(_Strict):
 
     @model_validator(mode="after")
     def _timing_fits(self) -> StationConfig:
+        # Every problem at once, one per line (station.config_issues splits them into rows).
+        problems = []
         room_ms = self.reject.delay_ms - self.reject.margin_ms
         if self.decision.deadline_ms > room_ms:
-            raise ValueError(
+            problems.append(
                 f"decision.deadline_ms: {self.decision.deadline_ms:g} ms leaves no time before the ejector: "
                 f"it must be at most reject.delay_ms - reject.margin_ms = {room_ms:g} ms")
         gap_ms = 1000.0 / self.line.max_parts_per_s
         if self.reject.pulse_ms >= gap_ms:
-            raise ValueError(
+            problems.append(
                 f"reject.pulse_ms: {self.reject.pulse_ms:g} ms is not shorter than the {gap_ms:g} ms gap "
                 f"between parts at line.max_parts_per_s = {self.line.max_parts_per_s:g}")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def resolve_paths(self, base: Path) -> StationConfig:

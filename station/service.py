@@ -26,7 +26,7 @@ from typing import Callable
 
 from station.app import Station
 from station.artifact import ModelArtifactError
-from station.configfile import ConfigError, LoadedConfig, load_config
+from station.configfile import ConfigError, ConfigUse, LoadedConfig, load_config
 from station.reload import ReloadError
 from station.sdnotify import Notifier
 from station.supervisor import Supervisor
@@ -254,7 +254,7 @@ class StationService:
         log.info("reload requested: re-reading %s", path)
         try:
             try:
-                loaded = load_config(path)
+                loaded = load_config(path, use=ConfigUse.RUN)
                 result = station.reload(loaded)
             except ConfigError as exc:
                 why = "invalid config: " + "; ".join(str(issue) for issue in exc.issues)
