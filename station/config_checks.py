@@ -4,7 +4,7 @@
 gap with a default: a YAML cut short after `reject:` would otherwise run with the `log` actuator and
 drive no ejector at all. `required_for_run` names each section or key that must be written out.
 `machine_checks` looks at the machine the config will run on: the model file, the camera's path,
-the serial ports of the actuators and the trace-log folder. Both work on the raw YAML data (with
+the serial ports of the actuators, and that the trace-log folder is not a file. Both work on the raw YAML data (with
 defaults where a key is absent), so they run even when the schema found other errors, and they skip
 a key whose value the schema already refused: every problem is reported in the same pass.
 """
@@ -145,21 +145,17 @@ def _check_serial(c: _Checker, key: str) -> None:
 
 
 def _check_tracelog_dir(c: _Checker) -> None:
+    """Only what is a mistake in the file: a folder path that names a file. Whether the folder can be
+    written is a disk fault, not a config error: the station runs with the tracelog alarm up, keeps
+    the rows it cannot write, and start-up waits for the log (it is not a reason for exit 2)."""
     if not c.wants("tracelog.dir"):
         return
     raw = c.value("tracelog.dir", str(TraceLogSection.model_fields["dir"].default))
     if not isinstance(raw, str):
         return
     path = _anchor(raw, c.base)
-    if path.exists():
-        if not path.is_dir():
-            c.add("tracelog.dir", f"{path} exists and is not a folder")
-        elif not os.access(path, os.W_OK | os.X_OK):
-            c.add("tracelog.dir", f"trace-log folder {path} is not writable by this user")
-        return
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        c.add("tracelog.dir", f"trace-log folder {path} does not exist and cannot be created "
-                              f"({ancestor} is not writable by this user)")
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                c.add("tracelog.dir", f"trace-log folder {path}: {folder} is a file, not a folder")
+            return
