@@ -77,9 +77,8 @@ class TraceLog(threading.Thread):
         self._spill_error: str | None = None
         self._low_space: str | None = None
         self._db_max_seq: int | None = None
-        self._next_db_try = 0.0
-        self._next_space_check = 0.0
-        self._rows_kept = True
+        self._next_db_try = self._next_space_check = 0.0
+        self._rows_kept, self._scanned = True, False  # rows reach the database or the spill; images folder measured
         self.last_beat_ns = time.monotonic_ns()
         self.busy_since_ns: int | None = None  # set around disk I/O: the supervisor judges a hang by it
         self.rows_written = 0
@@ -112,7 +111,8 @@ class TraceLog(threading.Thread):
             elif problem is not None or not self._hold_image(frame.image.nbytes):
                 note = f"not kept: {problem or 'images waiting for the disk reached tracelog.max_held_image_mb'}"
                 frame = dataclasses.replace(frame, image=None)
-                self.images_dropped += 1
+                with self._held_lock:
+                    self.images_dropped += 1
             else:
                 nbytes = frame.image.nbytes
         self._queue.put(("verdict", (verdict, frame, note, nbytes)))
@@ -149,7 +149,7 @@ class TraceLog(threading.Thread):
         self.images, self.spill, self.errors = old.images, old.spill, old.errors
         self.alarm, self.images_alarm = old.alarm, old.images_alarm
         self._held_lock, self._held_image_bytes = old._held_lock, old._held_image_bytes
-        self._db_max_seq = old._db_max_seq
+        self._db_max_seq, self._rows_kept, self._scanned = old._db_max_seq, old._rows_kept, old._scanned
         if old._conn is not None:
             try:
                 old._conn.close()
@@ -160,12 +160,17 @@ class TraceLog(threading.Thread):
     @property
     def problem(self) -> str | None:
         """What keeps the log from working right now (None: rows reach the database, disk has room)."""
-        found = [self._db_error if self._conn is None else f"database write failing: {self._db_error}"
-                 if self._db_error else None,
-                 f"{self.spill.count} row(s) waiting in the spill reserve" if self.spill.count else None,
-                 f"{len(self._pending)} row(s) held in memory only" if not self._rows_kept else None,
-                 self._spill_error, self._low_space]
-        text = "; ".join(p for p in found if p)
+        found = []
+        if self._conn is None:
+            found.append(self._db_error or "not open")
+        elif self._db_error:
+            found.append(f"database write failing: {self._db_error}")
+        if self.spill.count:
+            found.append(f"{self.spill.count} row(s) waiting in the spill reserve")
+        if not self._rows_kept:
+            found.append(f"{len(self._pending)} row(s) held in memory only")
+        found += [p for p in (self._spill_error, self._low_space) if p]
+        text = "; ".join(found)
         return f"trace log {self.directory}: {text}" if text else None
 
     @property
@@ -254,7 +259,9 @@ class TraceLog(threading.Thread):
                 conn.close()
                 raise
             self._conn, self._db_error = conn, None
-            self.images.scan()
+            if not self._scanned:  # once: the image folder may hold many thousand files
+                self.images.scan()
+                self._scanned = True
             return True
         except (sqlite3.Error, OSError) as exc:
             self.write_errors += 1
@@ -334,7 +341,8 @@ class TraceLog(threading.Thread):
             if op.frame is not None:
                 self._release_image(op)
                 op.values["image_error"] = op.values.get("image_error") or "not kept: the trace log could not write"
-                self.images_dropped += 1
+                with self._held_lock:
+                    self.images_dropped += 1
         if self.spill.ready and self._pending:
             try:
                 taken = self.spill.append(self._pending)
@@ -357,11 +365,15 @@ class TraceLog(threading.Thread):
         self.unwritten += len(ops)
 
     def _set_rows_kept(self, kept: bool) -> None:
-        if kept != self._rows_kept:
-            self._rows_kept = kept
-            why = None if kept else "neither the database nor the spill reserve can take rows"
-            log.error("trace log: %s", why) if not kept else log.warning("trace log: rows are kept again")
-            self.on_rows_kept(kept, why)
+        if kept == self._rows_kept:
+            return
+        self._rows_kept = kept
+        why = None if kept else "neither the database nor the spill reserve can take rows"
+        if kept:
+            log.warning("trace log: rows are kept again")
+        else:
+            log.error("trace log: %s; they are held in memory (max_backlog %d)", why, self.max_backlog)
+        self.on_rows_kept(kept, why)
 
     def _check_space(self) -> None:
         self._next_space_check = time.monotonic() + SPACE_CHECK_S

@@ -57,7 +57,8 @@ def test_check_config_names_line_and_key_of_each_error_in_one_pass(tmp_path):
     assert rows["camera.rate_parts_per_s"].split()[0] == "6"
     assert rows["reject.actuator.port"].split()[0] == "13" and "70000" in rows["reject.actuator.port"]
     # The cross-field check comes in the same pass as the field errors, on its own line.
-    assert rows["decision.deadline_ms"].split()[0] == "8" and "no time before the ejector" in rows["decision.deadline_ms"]
+    deadline = rows["decision.deadline_ms"]
+    assert deadline.split()[0] == "8" and "no time before the ejector" in deadline
     # ... and so does the missing model file, without --model.
     assert rows["model.path"].split()[0] == "14" and "does not exist" in rows["model.path"]
 

@@ -111,6 +111,7 @@ def test_the_trace_log_never_stores_an_image_outside_the_frame_limits(tmp_path):
         tracelog.stop()
         tracelog.join(timeout=10)
     rows = query(tmp_path / "log" / "trace.sqlite", "SELECT seq, image_path, image_error FROM parts ORDER BY seq")
-    assert rows[0]["image_path"] is None and "8200x20 px is outside the 16..8192 px frame limit" in rows[0]["image_error"]
+    assert rows[0]["image_path"] is None
+    assert "8200x20 px is outside the 16..8192 px frame limit" in rows[0]["image_error"]
     assert rows[1]["image_path"] is not None
     assert tracelog.peak_held_image_bytes == 64 * 64, "the oversized image was not even held for the writer"
