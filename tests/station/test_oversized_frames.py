@@ -115,3 +115,16 @@ def test_the_trace_log_never_stores_an_image_outside_the_frame_limits(tmp_path):
     assert "8200x20 px is outside the 16..8192 px frame limit" in rows[0]["image_error"]
     assert rows[1]["image_path"] is not None
     assert tracelog.peak_held_image_bytes == 64 * 64, "the oversized image was not even held for the writer"
+
+
+def test_a_camera_buffer_is_checked_against_its_declared_size_before_conversion():
+    """Aravis and GenTL buffers declare width and height: an oversized one is refused from those
+    numbers, before its bytes are read or converted (here the buffer is even far too short)."""
+    import pytest
+
+    from station.cameras.pixels import from_buffer
+
+    with pytest.raises(ValueError, match="declares 12000x12000 px, over the 8192 px frame limit"):
+        from_buffer(b"\0" * 16, width=SIDE, height=SIDE, pixel_format="bayer_rg8")
+    with pytest.raises(ValueError, match="holds 16 bytes"):  # within the limit: the usual size check
+        from_buffer(b"\0" * 16, width=64, height=64, pixel_format="mono8")
