@@ -62,6 +62,7 @@ class Station:
         self._stop_housekeeping = threading.Event()
         self._alarm_output_wanted = False
         self._alarm_output_state: bool | None = None
+        self._trace_rows_lost: str | None = None  # why rows cannot be kept right now, None while they can
         self.started = False
         self.stopped = False
 
@@ -81,6 +82,9 @@ class Station:
             RunInfo(run_id=self.run_id, station_id=cfg.station.id, camera_id=self.camera.describe(),
                     model_id=self.classifier.model_id, model_sha256=self.classifier.artifact.sha256,
                     config_sha256=self.loaded.sha256))
+        # A log that cannot be opened is an alarm, not a failed start: the writer keeps trying, parts are
+        # decided meanwhile (their rows go to the spill reserve), and start-up does not report ready.
+        self.tracelog.open()
         first_seq = self.tracelog.next_seq()
         self.reject_actuator = build_actuator(cfg.reject.actuator, name="reject")
         self._open_actuator(self.reject_actuator, "reject_actuator")
@@ -128,7 +132,10 @@ class Station:
     def _new_tracelog(self, run: RunInfo) -> TraceLog:
         t = self.config.tracelog
         return TraceLog(t.dir, run, images=t.images, sample_every_n=t.sample_every_n, image_format=t.image_format,
-                        disk_budget_mb=t.disk_budget_mb, max_backlog=t.max_backlog, on_alarm=self.set_alarm)
+                        disk_budget_mb=t.disk_budget_mb, max_backlog=t.max_backlog,
+                        spill_reserve_mb=t.spill_reserve_mb, min_free_mb=t.min_free_mb,
+                        max_held_image_mb=t.max_held_image_mb, alarm_clear_s=t.alarm_clear_s,
+                        on_alarm=self.set_alarm, on_rows_kept=self._trace_rows_kept)
 
     def _new_housekeeping(self) -> threading.Thread:
         return threading.Thread(target=self._housekeep, name="housekeeping", daemon=True)
@@ -161,6 +168,21 @@ class Station:
         self.tracelog.record_actuation(report)
         for listener in self.report_listeners:
             listener(report)
+
+    def _trace_rows_kept(self, kept: bool, why: str | None) -> None:
+        """The trace log's rows fit nowhere durable (or do again): apply tracelog.when_rows_cannot_be_kept."""
+        self._trace_rows_lost = None if kept else why
+        self.apply_trace_log_policy()
+
+    def apply_trace_log_policy(self) -> None:
+        """fail_safe: while rows cannot be kept, every part gets the fail-safe verdict (also after a reload)."""
+        if self.decision is None:
+            return
+        lost = self._trace_rows_lost
+        if lost is not None and self.config.tracelog.when_rows_cannot_be_kept == "fail_safe":
+            self.decision.force_fail_safe(Reason.NO_TRACE_LOG, f"trace log cannot keep rows: {lost}")
+        else:
+            self.decision.force_fail_safe(None)
 
     def set_alarm(self, name: str, message: str | None) -> None:
         was = name in self.health.alarms()

@@ -19,16 +19,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from station.app import Station
-from station.cameras.replay import ReplayCamera
-from station.cameras.synthetic import SyntheticCamera
 from station.cli_run import load_or_report, replay_camera_config
 from station.config_actuators import LogActuatorConfig
 from station.config_cameras import SyntheticCameraConfig
-from station.configfile import LoadedConfig
-from station.health import percentiles
-from station.records import ActuationReport, Frame, Verdict
+from station.configfile import ConfigUse, LoadedConfig
+
+if TYPE_CHECKING:
+    from station.records import ActuationReport, Frame, Verdict
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -58,7 +57,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if not args.config:
         print("bench: -c/--config is required for the pipeline benchmark", file=sys.stderr)
         return 2
-    loaded = load_or_report(args.config)
+    loaded = load_or_report(args.config, use=ConfigUse.BENCH)
     if loaded is None:
         return 2
     if args.backend:
@@ -97,6 +96,12 @@ def bench_config(loaded: LoadedConfig, log_dir: Path, *, keep_actuator: bool) ->
 
 def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_actuator: bool,
                rate: float | None = None) -> dict | None:
+    # The station (torch, the cameras) is imported here, not at the top: building the CLI stays light.
+    from station.app import Station
+    from station.cameras.replay import ReplayCamera
+    from station.cameras.synthetic import SyntheticCamera
+    from station.health import percentiles
+
     verdicts: dict[int, Verdict] = {}
     reports: dict[int, ActuationReport] = {}
     lock = threading.Lock()

@@ -3,7 +3,10 @@
 Sub-commands: run, replay, demo, check-config, trace export, bench (and the camera, service and
 install commands registered from their own modules). Every command returns a process exit code:
 0 success, 1 the run found a problem (e.g. escapes in a labelled replay with --strict), 2 bad input
-(config, model, path).
+(config, model, path). A command whose reader closes the pipe (`station trace export | head`) ends
+quietly with 141 (128 + SIGPIPE), as Unix tools do. Command modules keep heavy imports (torch, the
+cameras) inside their runner functions, so building the parser, `check-config` and `trace export`
+never load torch.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 
 # (module, adder function, runner function): each module adds its own sub-parser.
@@ -56,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.verbose:
         setup_logging("DEBUG")
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's last flush at exit does not fail a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

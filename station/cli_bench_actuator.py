@@ -14,8 +14,6 @@ import logging
 
 from pydantic import TypeAdapter, ValidationError
 
-from station.actuators.base import ActuatorError
-from station.actuators.timing_bench import format_result, run_pulse_bench
 from station.config_actuators import ActuatorConfig
 
 log = logging.getLogger("station.bench")
@@ -65,6 +63,10 @@ def _actuator_config(args: argparse.Namespace) -> object:
 
 
 def run_bench_actuator(args: argparse.Namespace) -> int:
+    # Imported here: `station bench` adds these arguments to its parser, which must stay light.
+    from station.actuators.base import ActuatorError
+    from station.actuators.timing_bench import format_result, run_pulse_bench
+
     try:
         config = _actuator_config(args)
         result = run_pulse_bench(config, pulses=args.pulses, pulse_ms=args.pulse_ms, gap_ms=args.gap_ms,

@@ -12,11 +12,14 @@ import sys
 import threading
 from pathlib import Path
 
-from station.app import Station
-from station.cameras.replay import ReplayCamera
+from typing import TYPE_CHECKING
+
 from station.cli_run import format_summary, load_or_report, replay_camera_config, run_station
 from station.config_actuators import ModbusTcpActuatorConfig
-from station.records import Frame, Verdict
+from station.configfile import ConfigUse
+
+if TYPE_CHECKING:
+    from station.records import Frame, Verdict
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
@@ -33,9 +36,11 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run_demo(args: argparse.Namespace) -> int:
     from station.actuators.sim_server import start_sim_server
+    from station.app import Station
+    from station.cameras.replay import ReplayCamera
     from station.cli import setup_logging
 
-    loaded = load_or_report(args.config)
+    loaded = load_or_report(args.config, use=ConfigUse.DEMO)
     if loaded is None:
         return 2
     if not args.verbose:

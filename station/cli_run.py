@@ -1,7 +1,9 @@
 """`station run` and `station replay`: run the pipeline until a signal (or the end of the recording).
 
 Both build the same `Station`; replay only swaps the camera for a `ReplayCamera` over the given
-folder or video and prints the labelled summary at the end.
+folder or video and prints the labelled summary at the end. `station run` loads its YAML as the
+plant's (`ConfigUse.RUN`: safety sections written out, files present). The station itself (torch,
+the cameras) is imported inside the commands, so building the parser stays light.
 """
 
 from __future__ import annotations
@@ -13,20 +15,21 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from station.app import Station
-from station.artifact import ModelArtifactError
-from station.cameras.replay import ReplayCamera
 from station.config_cameras import DEFAULT_LABELS, ReplayCameraConfig
-from station.configfile import ConfigError, LoadedConfig, load_config
+from station.configfile import ConfigError, ConfigUse, LoadedConfig, load_config
+
+if TYPE_CHECKING:
+    from station.app import Station
 
 log = logging.getLogger("station.cli")
 
 
-def load_or_report(path: str) -> LoadedConfig | None:
+def load_or_report(path: str, *, use: ConfigUse) -> LoadedConfig | None:
+    """The loaded config, or None after printing every problem (the caller exits 2)."""
     try:
-        return load_config(path)
+        return load_config(path, use=use)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return None
@@ -52,6 +55,8 @@ def install_stop_signals(stop: threading.Event) -> Callable[[], None]:
 
 def run_station(station: Station, *, until_source_ends: bool, stop: threading.Event | None = None) -> dict | None:
     """Start, run until a signal (or the end of a finite source), stop in order. None: could not start."""
+    from station.artifact import ModelArtifactError
+
     stop = stop or threading.Event()
     restore = install_stop_signals(stop)
     try:
@@ -80,20 +85,15 @@ def add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    loaded = load_or_report(args.config)
+    loaded = load_or_report(args.config, use=ConfigUse.RUN)
     if loaded is None:
         return 2
     from station.cli import setup_logging
 
     if not args.verbose:
         setup_logging(loaded.config.station.log_level)
-    try:
-        from station.service import run_service
-    except ModuleNotFoundError as exc:
-        if exc.name != "station.service":
-            raise
-        summary = run_station(Station(loaded), until_source_ends=False)
-        return 2 if summary is None else 0
+    from station.service import run_service
+
     return run_service(loaded)
 
 
@@ -124,7 +124,10 @@ def replay_camera_config(loaded: LoadedConfig, frames: Path, *, rate: float | No
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    loaded = load_or_report(args.config)
+    from station.app import Station
+    from station.cameras.replay import ReplayCamera
+
+    loaded = load_or_report(args.config, use=ConfigUse.REPLAY)
     if loaded is None:
         return 2
     frames = Path(args.frames)

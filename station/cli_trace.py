@@ -1,4 +1,10 @@
-"""`station trace export`: the traceability log as CSV (or JSON lines) for an audit."""
+"""`station trace export`: the traceability log as CSV (or JSON lines) for an audit.
+
+Every bad input is one line on stderr and exit 2: a config that does not load, no log at the path, a
+`--since` that is not a date or a span (or reaches before year 1), an output file that cannot be
+created. The rows are read from the log opened read-only, so an export never disturbs a running
+station. A reader that closes the pipe early (`| head`) ends the export quietly, as Unix tools do.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,9 @@ import sqlite3
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import IO
 
 from station.configfile import ConfigError, load_config
-from station.tracelog import rows_since
 
 
 def add_trace_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,7 +28,7 @@ def add_trace_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     src.add_argument("-c", "--config", help="station YAML (its tracelog.dir)")
     src.add_argument("--db", help="path of trace.sqlite")
     e.add_argument("--since", default=None,
-                   help="ISO date/time (UTC) or a span such as 8h, 2d; default: everything")
+                   help="ISO date/time (UTC) or a span such as 30m, 8h, 2d; default: everything")
     fmt = e.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row (default)")
     fmt.add_argument("--jsonl", action="store_true", help="one JSON object per line")
@@ -31,19 +37,30 @@ def add_trace_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 
 def parse_since(text: str | None, now: datetime | None = None) -> str | None:
+    """The ISO UTC time a `--since` value stands for; ValueError naming the value when it is none."""
     if not text:
         return None
     now = now or datetime.now(timezone.utc)
     units = {"m": "minutes", "h": "hours", "d": "days"}
     if text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
-        return (now - timedelta(**{units[text[-1]]: float(text[:-1])})).isoformat(timespec="milliseconds")
+        try:
+            when = now - timedelta(**{units[text[-1]]: float(text[:-1])})
+        except OverflowError:
+            raise ValueError(f"--since {text} reaches back before the year 1; give a shorter span "
+                             f"or an ISO date such as 2024-01-31") from None
+        return when.isoformat(timespec="milliseconds")
     try:
         when = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise ValueError(f"--since {text!r} is neither an ISO date/time nor a span like 8h or 2d") from exc
+    except ValueError:
+        raise ValueError(f"--since {text!r} is neither an ISO date/time nor a span like 30m, 8h or 2d") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return when.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _open_output(name: str) -> IO[str]:
+    """stdout, or the file (created or replaced); OSError names why it cannot be written."""
+    return sys.stdout if name == "-" else open(name, "w", newline="", encoding="utf-8")
 
 
 def run_trace(args: argparse.Namespace) -> int:
@@ -58,6 +75,8 @@ def run_trace(args: argparse.Namespace) -> int:
     if not db.is_file():
         print(f"trace export: no trace log at {db}", file=sys.stderr)
         return 2
+    from station.tracelog import rows_since
+
     try:
         since = parse_since(args.since)
         cols, rows = rows_since(db, since)
@@ -67,7 +86,11 @@ def run_trace(args: argparse.Namespace) -> int:
     except sqlite3.Error as exc:
         print(f"trace export: cannot read {db}: {exc}", file=sys.stderr)
         return 2
-    out = sys.stdout if args.output == "-" else open(args.output, "w", newline="", encoding="utf-8")
+    try:
+        out = _open_output(args.output)
+    except OSError as exc:
+        print(f"trace export: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         if args.jsonl:
             for row in rows:
@@ -76,6 +99,12 @@ def run_trace(args: argparse.Namespace) -> int:
             writer = csv.writer(out)
             writer.writerow(cols)
             writer.writerows(rows)
+        out.flush()
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): station.cli ends quietly
+    except OSError as exc:
+        print(f"trace export: writing {args.output} failed: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     finally:
         if out is not sys.stdout:
             out.close()

@@ -95,8 +95,30 @@ class TraceLogSection(_Strict):
     image_format: Literal["png", "jpeg"] = Field("png", description="png is lossless; jpeg is smaller.")
     disk_budget_mb: float = Field(2048.0, gt=0, le=10_000_000,
                                   description="Image folder size cap; oldest images are pruned past it.")
-    max_backlog: int = Field(10_000, ge=100, le=10_000_000,
-                             description="Rows held in memory while the disk fails before alarming.")
+    max_backlog: int = Field(
+        10_000, ge=100, le=1_000_000,
+        description="Rows held in memory when neither the database nor the spill reserve can take them; "
+                    "past it the oldest go to the service log (journald) as CRITICAL JSON lines.")
+    spill_reserve_mb: float = Field(
+        16.0, ge=0.01, le=10_000,
+        description="Space reserved on the log's disk at start (a preallocated spill journal) for rows the "
+                    "database cannot take (disk full, I/O error); replayed into it once it writes again, MB. "
+                    "About 2000 rows per MB.")
+    min_free_mb: float = Field(
+        64.0, ge=0, le=1_000_000,
+        description="Free space the log's disk must keep; below it the tracelog alarm is up and start-up does "
+                    "not report ready, MB.")
+    max_held_image_mb: float = Field(
+        256.0, ge=1, le=65_536,
+        description="Images waiting for the disk are held up to this; a part past it keeps its row but not "
+                    "its image (image_error says why), MB.")
+    alarm_clear_s: float = Field(
+        30.0, ge=0, le=3600,
+        description="The tracelog alarms clear only after the log has worked this long without a problem, s.")
+    when_rows_cannot_be_kept: Literal["alarm", "fail_safe"] = Field(
+        "alarm", description="While rows fit neither in the database nor in the spill reserve: alarm: the "
+                             "tracelog alarm is up and parts are decided and rejected as usual; fail_safe: "
+                             "every part also gets the fail-safe verdict (reason no_trace_log).")
 
 
 class ServiceSection(_Strict):
@@ -133,16 +155,20 @@ class StationConfig(_Strict):
 
     @model_validator(mode="after")
     def _timing_fits(self) -> StationConfig:
+        # Every problem at once, one per line (station.config_issues splits them into rows).
+        problems = []
         room_ms = self.reject.delay_ms - self.reject.margin_ms
         if self.decision.deadline_ms > room_ms:
-            raise ValueError(
+            problems.append(
                 f"decision.deadline_ms: {self.decision.deadline_ms:g} ms leaves no time before the ejector: "
                 f"it must be at most reject.delay_ms - reject.margin_ms = {room_ms:g} ms")
         gap_ms = 1000.0 / self.line.max_parts_per_s
         if self.reject.pulse_ms >= gap_ms:
-            raise ValueError(
+            problems.append(
                 f"reject.pulse_ms: {self.reject.pulse_ms:g} ms is not shorter than the {gap_ms:g} ms gap "
                 f"between parts at line.max_parts_per_s = {self.line.max_parts_per_s:g}")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def resolve_paths(self, base: Path) -> StationConfig:

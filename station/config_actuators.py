@@ -3,8 +3,8 @@
 Each model is selected by its `kind` key (a pydantic discriminated union). Adding an actuator
 kind means one model here, one module in `station/actuators/` and one line in that package's
 registry. The schema checks values only; whether a serial port exists is a property of the machine,
-not of the file, so it is checked when the actuator opens and by `check_actuator_ports()` (which
-`station check-config` calls), never while merely loading a config.
+not of the file, so it is checked when the actuator opens and by `serial_port_problem()` (which
+`station check-config` and `station run` call through `station.config_checks`), never by the schema.
 """
 
 from __future__ import annotations
@@ -204,6 +204,16 @@ def serial_port_of(config: object) -> tuple[str, str] | None:
     return None
 
 
+def serial_port_problem(port: str) -> str | None:
+    """Why a serial device path cannot be used for writing on this machine, or None."""
+    if not os.path.exists(port):
+        return f"serial port {port} does not exist (is the adapter plugged in?)"
+    if not os.access(port, os.R_OK | os.W_OK):
+        return (f"serial port {port} is not readable/writable by this user "
+                f"(add the user to the 'dialout' group)")
+    return None
+
+
 def check_actuator_ports(config: object, *, key: str = "reject.actuator") -> list[tuple[str, str, str]]:
     """Machine checks that a schema cannot make: the serial port exists and can be opened for writing.
     Returns (key path, value, message) per problem; empty when fine or when no serial port is used."""
@@ -211,10 +221,5 @@ def check_actuator_ports(config: object, *, key: str = "reject.actuator") -> lis
     if found is None:
         return []
     sub, port = found
-    path = f"{key}.{sub}"
-    if not os.path.exists(port):
-        return [(path, port, f"serial port {port} does not exist (is the adapter plugged in?)")]
-    if not os.access(port, os.R_OK | os.W_OK):
-        return [(path, port, f"serial port {port} is not readable/writable by this user "
-                             f"(add the user to the 'dialout' group)")]
-    return []
+    problem = serial_port_problem(port)
+    return [] if problem is None else [(f"{key}.{sub}", port, problem)]

@@ -42,11 +42,19 @@ class DecisionMaker:
         self._pending: dict[int, Frame] = {}
         self._deadlines: list[tuple[int, int]] = []  # (deadline_ns, seq) heap
         self._wakeup = threading.Condition(self._lock)
+        self._forced: tuple[Reason, str] | None = None
 
     def update_settings(self, settings: DecisionSettings) -> None:
         """Applied from the next decision on (SIGHUP reload)."""
         with self._lock:
             self.settings = settings
+
+    def force_fail_safe(self, reason: Reason | None, detail: str | None = None) -> None:
+        """From the next prediction on, every part gets the fail-safe verdict for `reason` (its score is
+        kept in the row); None: decide by the model again. For conditions outside the part itself,
+        such as a trace log that cannot keep rows."""
+        with self._lock:
+            self._forced = None if reason is None else (reason, detail or reason.value)
 
     @property
     def pending_count(self) -> int:
@@ -70,6 +78,10 @@ class DecisionMaker:
             return
         s = self.settings
         now = time.monotonic_ns()
+        forced = self._forced
+        if forced is not None and prediction.error is None:
+            self._emit(self._fail_safe_verdict(frame, forced[0], forced[1], now, prediction), frame)
+            return
         if prediction.error is not None:
             reason = Reason.BAD_FRAME if prediction.error.startswith("bad_frame") else Reason.MODEL_ERROR
             self._emit(self._fail_safe_verdict(frame, reason, prediction.error, now, prediction), frame)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from station.cameras.pixels import MAX_SIDE_PX, MIN_SIDE_PX
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -91,7 +93,7 @@ class Preprocess:
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
-def check_image(image: object, *, min_side: int = 16, max_side: int = 8192) -> None:
+def check_image(image: object, *, min_side: int = MIN_SIDE_PX, max_side: int = MAX_SIDE_PX) -> None:
     """Raise FrameFormatError unless `image` is a usable uint8 HxW / HxWx1 / HxWx3 array."""
     if not isinstance(image, np.ndarray):
         raise FrameFormatError(f"image is {type(image).__name__}, expected a numpy array")

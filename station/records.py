@@ -28,6 +28,7 @@ class Reason(str, Enum):
     BAD_FRAME = "bad_frame"    # unreadable, incomplete or wrong-sized image
     MODEL_ERROR = "model_error"  # the classifier raised on this part
     SHUTDOWN = "shutdown"      # the station stopped before the part was classified
+    NO_TRACE_LOG = "no_trace_log"  # tracelog.when_rows_cannot_be_kept: fail_safe, and rows could not be kept
 
     @property
     def is_fail_safe(self) -> bool:

@@ -4,7 +4,7 @@ Live: decision threshold/deadline/fail-safe, reject delay/pulse, actuator settin
 (a new actuator is opened, swapped under the scheduler, the old one closed with its output off),
 the model file (the new one is loaded and verified before it replaces the old), the image policy,
 the frame size check and the log level. Only a restart can change the camera, the queue size, the
-trace-log folder, the station id and an actuator's kind: those are reported as "needs restart" and
+trace-log folder and its spill reserve, the station id and an actuator's kind: those are reported as "needs restart" and
 left as they run. Everything that can fail is done before anything is applied, so a reload that
 fails raises `ReloadError` and leaves the station exactly as it was.
 """
@@ -54,6 +54,7 @@ def restart_only_changes(old: StationConfig, new: StationConfig) -> list[str]:
     """Keys whose change only a restart can apply."""
     checks = (("camera", new.camera != old.camera), ("queues", new.queues != old.queues),
               ("tracelog.dir", new.tracelog.dir != old.tracelog.dir),
+              ("tracelog.spill_reserve_mb", new.tracelog.spill_reserve_mb != old.tracelog.spill_reserve_mb),
               ("station.id", new.station.id != old.station.id),
               ("reject.actuator.kind", new.reject.actuator.kind != old.reject.actuator.kind),
               ("alarm.actuator", _kind(new.alarm.actuator) != _kind(old.alarm.actuator)))
@@ -67,7 +68,8 @@ def effective_config(old: StationConfig, new: StationConfig, needs_restart: list
     return new.model_copy(update={
         "camera": old.camera, "queues": old.queues,
         "station": new.station.model_copy(update={"id": old.station.id}),
-        "tracelog": new.tracelog.model_copy(update={"dir": old.tracelog.dir}),
+        "tracelog": new.tracelog.model_copy(update={"dir": old.tracelog.dir,
+                                                    "spill_reserve_mb": old.tracelog.spill_reserve_mb}),
         "reject": reject, "alarm": old.alarm if "alarm.actuator" in needs_restart else new.alarm})
 
 
@@ -124,13 +126,14 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
         result.applied.append(f"alarm actuator {new_alarm.describe()}")
     t = new.tracelog
     if t != old.tracelog:
-        # The writer thread reads these for each part; plain attribute stores are atomic.
-        tl = station.tracelog
-        store = tl.images
-        store.policy, store.sample_every_n, store.image_format = t.images, t.sample_every_n, t.image_format
-        tl.max_backlog, store.disk_budget_bytes = t.max_backlog, int(t.disk_budget_mb * 1024 * 1024)
+        station.tracelog.update_settings(
+            images=t.images, sample_every_n=t.sample_every_n, image_format=t.image_format,
+            disk_budget_mb=t.disk_budget_mb, max_backlog=t.max_backlog, min_free_mb=t.min_free_mb,
+            max_held_image_mb=t.max_held_image_mb, alarm_clear_s=t.alarm_clear_s)
         result.applied.append(f"image policy ({t.images}, every {t.sample_every_n}, {t.image_format}, "
-                              f"budget {t.disk_budget_mb:g} MB)")
+                              f"budget {t.disk_budget_mb:g} MB); trace log (max_backlog {t.max_backlog}, "
+                              f"min_free_mb {t.min_free_mb:g}, when rows cannot be kept: "
+                              f"{t.when_rows_cannot_be_kept})")
     if new.model.threads != old.model.threads and new.model.threads:
         import torch
 
@@ -150,6 +153,7 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
         model_sha256=station.classifier.artifact.sha256, config_sha256=loaded.sha256)
     station.loaded = dataclasses.replace(loaded, config=new)
     station.config = new
+    station.apply_trace_log_policy()
     station.record_event("INFO", "reload", result.line())
     return result
 

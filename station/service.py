@@ -1,6 +1,6 @@
 """`station run` as a systemd service: start-up policy, READY/STATUS/WATCHDOG notifications, signals, reload.
 
-`run_service` starts the `Station`, waits until the camera, the model and the PLC are up (or, with
+`run_service` starts the `Station`, waits until the camera, the model, the PLC and the trace log are up (or, with
 `service.startup: degraded`, until `service.startup_timeout_s` has passed) and only then sends
 READY=1. The main thread then loops: the `Supervisor` inspects every stage, and WATCHDOG=1 goes
 out at half of `$WATCHDOG_USEC` only while every stage is alive and moving, so a hung stage gets the
@@ -26,7 +26,7 @@ from typing import Callable
 
 from station.app import Station
 from station.artifact import ModelArtifactError
-from station.configfile import ConfigError, LoadedConfig, load_config
+from station.configfile import ConfigError, ConfigUse, LoadedConfig, load_config
 from station.reload import ReloadError
 from station.sdnotify import Notifier
 from station.supervisor import Supervisor
@@ -163,12 +163,16 @@ class StationService:
 
     # ---- start-up ------------------------------------------------------------------------------------
     def missing_for_ready(self) -> list[str]:
-        """What start-up still waits for: the camera and the PLC outputs (the model is loaded by then)."""
+        """What start-up still waits for: the camera, the PLC outputs and a working trace log (the model
+        is loaded by then). A station must never report ready while its parts cannot be traced."""
         station = self.station
         assert station is not None and station.capture is not None
         missing = []
         if not (station.capture.is_open or station.capture.captured or station.source_finished):
             missing.append("camera")
+        trace_problem = station.tracelog.problem if station.tracelog is not None else "not started"
+        if trace_problem is not None:
+            missing.append(trace_problem)
         for role, actuator in (("reject output", station.reject_actuator), ("alarm output", station.alarm_actuator)):
             if actuator is not None and not actuator.connected:
                 missing.append(f"{role} ({actuator.describe()})")
@@ -254,7 +258,7 @@ class StationService:
         log.info("reload requested: re-reading %s", path)
         try:
             try:
-                loaded = load_config(path)
+                loaded = load_config(path, use=ConfigUse.RUN)
                 result = station.reload(loaded)
             except ConfigError as exc:
                 why = "invalid config: " + "; ".join(str(issue) for issue in exc.issues)

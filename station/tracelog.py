@@ -1,147 +1,121 @@
-"""The traceability log: one SQLite (WAL) row per part, one writer thread.
+"""The traceability log: one SQLite (WAL) row per part, one writer thread, and what it does when the disk fails.
 
 Rows are inserted when the verdict is made and updated when the actuator reports or a late
 prediction arrives; the writer commits at least every 20 ms so a verdict is durable within tens of
-milliseconds. Image files, their policy and the disk budget are `station.tracelog_images`. When the
-disk is full or read-only the writer raises an alarm, keeps the rows in memory and retries; line
-decisions never wait for the disk. Rows that never reach the disk go to the service log at stop.
+milliseconds. Image files, their policy and the disk budget are `station.tracelog_images`.
+Line decisions never wait for the disk. When the database cannot be written (disk full, read-only,
+I/O error) the writer, in this order: drops the images it holds (rows matter more), appends the
+rows to the spill journal reserved on the disk at start (`station.tracelog_spill`, replayed into
+the database once it writes again, also after a restart), holds what the journal cannot take in
+memory up to `max_backlog` rows, and writes older ones to the service log. Memory stays bounded:
+images waiting for the disk are capped at `max_held_image_bytes`. The `tracelog` alarm is raised at
+the first problem and cleared only after the log has been fine for `alarm_clear_s`; error lines are
+rate-limited. `problem` says what is wrong right now: start-up waits for it to be None.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-
+from station.fault_reporting import LatchedAlarm, RateLimitedLog
 from station.records import ActuationReport, Frame, Prediction, Verdict
-from station.tracelog_images import ImageStore, is_disk_full
+from station.tracelog_images import ImageStore, image_size_problem, is_disk_full
+from station.tracelog_records import RunInfo, TraceOp, apply_op, iso_utc, op_from_record
+from station.tracelog_schema import SCHEMA, open_db, rows_since
+from station.tracelog_spill import SPILL_NAME, SpillJournal
 
-log = logging.getLogger("station.tracelog")
+# Re-exported: the station, `trace export` and the tests import these from here.
+__all__ = ["SCHEMA", "RunInfo", "TraceLog", "iso_utc", "open_db", "rows_since"]
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS parts (
-    seq             INTEGER PRIMARY KEY,
-    run_id          TEXT NOT NULL,
-    station_id      TEXT NOT NULL,
-    camera_id       TEXT NOT NULL,
-    source          TEXT,
-    captured_at     TEXT NOT NULL,
-    t_capture_ns    INTEGER NOT NULL,
-    model_id        TEXT,
-    model_sha256    TEXT,
-    config_sha256   TEXT,
-    p_defect        REAL,
-    threshold       REAL NOT NULL,
-    decision        TEXT NOT NULL,
-    reason          TEXT NOT NULL,
-    fail_safe       INTEGER NOT NULL,
-    detail          TEXT,
-    label           TEXT,
-    infer_ms        REAL,
-    decide_ms       REAL NOT NULL,
-    late_p_defect   REAL,
-    late_infer_ms   REAL,
-    due_ns          INTEGER,
-    fired_ns        INTEGER,
-    fire_lateness_ms REAL,
-    actuator_result TEXT NOT NULL DEFAULT 'none',
-    actuator_error  TEXT,
-    image_path      TEXT,
-    image_sha256    TEXT,
-    image_bytes     INTEGER,
-    image_pruned    INTEGER NOT NULL DEFAULT 0,
-    image_error     TEXT
-);
-CREATE INDEX IF NOT EXISTS parts_captured_at ON parts(captured_at);
-CREATE INDEX IF NOT EXISTS parts_unpruned_images ON parts(seq) WHERE image_path IS NOT NULL AND image_pruned = 0;
-CREATE TABLE IF NOT EXISTS runs (
-    run_id        TEXT PRIMARY KEY,
-    started_at    TEXT NOT NULL,
-    stopped_at    TEXT,
-    station_id    TEXT NOT NULL,
-    config_sha256 TEXT,
-    model_id      TEXT,
-    summary_json  TEXT
-);
-CREATE TABLE IF NOT EXISTS events (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    at         TEXT NOT NULL,
-    run_id     TEXT,
-    level      TEXT NOT NULL,
-    kind       TEXT NOT NULL,
-    message    TEXT NOT NULL
-);
-"""
+log = logging.getLogger(__name__)
 
 _STOP = object()
 AlarmHook = Callable[[str, str | None], None]
-
-
-def iso_utc(wall_time: float) -> str:
-    return datetime.fromtimestamp(wall_time, tz=timezone.utc).isoformat(timespec="milliseconds")
-
-
-def open_db(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
-    conn.commit()
-    return conn
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    run_id: str
-    station_id: str
-    camera_id: str
-    model_id: str
-    model_sha256: str
-    config_sha256: str
+RowsKeptHook = Callable[[bool, str | None], None]
+DB_RETRY_S = 1.0      # a failing database is tried again this often; rows go to the spill in between
+SPACE_CHECK_S = 1.0   # free space on the log's disk is checked this often
 
 
 class TraceLog(threading.Thread):
-    """Owns the database connection; every other thread only enqueues."""
+    """Owns the database connection and the spill journal; every other thread only enqueues."""
 
     def __init__(self, directory: Path, run: RunInfo, *, images: str = "all", sample_every_n: int = 1,
                  image_format: str = "png", disk_budget_mb: float = 2048.0, max_backlog: int = 10_000,
-                 on_alarm: AlarmHook | None = None) -> None:
+                 spill_reserve_mb: float = 16.0, min_free_mb: float = 64.0, max_held_image_mb: float = 256.0,
+                 alarm_clear_s: float = 30.0, on_alarm: AlarmHook | None = None,
+                 on_rows_kept: RowsKeptHook | None = None) -> None:
         super().__init__(name="tracelog", daemon=True)
         self.directory = Path(directory)
         self.db_path = self.directory / "trace.sqlite"
         self.run_info = run
-        self.max_backlog = max_backlog
-        self.on_alarm = on_alarm or (lambda name, msg: None)
+        hook = on_alarm or (lambda name, msg: None)
+        self.on_rows_kept = on_rows_kept or (lambda kept, why: None)
+        self.alarm = LatchedAlarm("tracelog", hook, clear_after_s=alarm_clear_s)
+        self.images_alarm = LatchedAlarm("tracelog_images", hook, clear_after_s=alarm_clear_s)
         self.images = ImageStore(self.directory / "images", policy=images, sample_every_n=sample_every_n,
-                                 image_format=image_format, disk_budget_bytes=int(disk_budget_mb * 1024 * 1024),
-                                 on_alarm=self.on_alarm)
+                                 image_format=image_format, disk_budget_bytes=int(disk_budget_mb * 1024 * 1024))
+        self.spill = SpillJournal(self.directory / SPILL_NAME, reserve_bytes=int(spill_reserve_mb * 1024 * 1024))
+        self.errors = RateLimitedLog(log)
+        self.max_backlog = max_backlog
+        self.min_free_bytes = int(min_free_mb * 1024 * 1024)
+        self.max_held_image_bytes = int(max_held_image_mb * 1024 * 1024)
         self._queue: queue.Queue = queue.Queue()
-        self._backlog: list[tuple[str, tuple]] = []
+        self._pending: list[TraceOp] = []  # taken from the queue, in neither the database nor the spill yet
         self._conn: sqlite3.Connection | None = None
+        self._held_lock = threading.Lock()
+        self._held_image_bytes = 0
+        self._db_error: str | None = "not opened yet"
+        self._spill_error: str | None = None
+        self._low_space: str | None = None
+        self._db_max_seq: int | None = None
+        self._next_db_try = self._next_space_check = 0.0
+        self._rows_kept, self._scanned = True, False  # rows reach the database or the spill; images folder measured
         self.last_beat_ns = time.monotonic_ns()
+        self.busy_since_ns: int | None = None  # set around disk I/O: the supervisor judges a hang by it
         self.rows_written = 0
         self.write_errors = 0
-        self.unwritten = 0  # records that only reached the service log (disk never recovered)
+        self.images_dropped = 0
+        self.unwritten = 0  # records that only reached the service log (no room anywhere else)
+        self.peak_held_image_bytes = 0
 
     # ---- called from other threads -------------------------------------------------------------
+    def open(self) -> bool:
+        """Open the database and the spill reserve (Station.start, before the thread starts). False: the
+        `tracelog` alarm is up and the writer keeps trying; parts are decided meanwhile."""
+        ok = self._open()
+        self._check_space()
+        self.alarm.update(self.problem)
+        return ok
+
     def next_seq(self) -> int:
-        """First free part number, so seq stays unique across runs of the same log."""
-        conn = self._connect_or_none()
-        if conn is None:
+        """First free part number, so seq stays unique across runs of the same log (and its spill)."""
+        if self._db_max_seq is None:
             return int(time.time() * 1000)  # log unreadable: still unique, and the alarm says why
-        row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM parts").fetchone()
-        return int(row[0]) + 1
+        return max(self._db_max_seq, self.spill.max_seq) + 1
 
     def record(self, verdict: Verdict, frame: Frame) -> None:
-        self._queue.put(("verdict", (verdict, frame)))
+        note, nbytes = None, 0
+        if frame.image is not None:
+            problem = image_size_problem(frame.image)
+            if not self.images.wanted_by_policy(verdict.decision.value):
+                frame = dataclasses.replace(frame, image=None)  # nobody keeps it: do not hold it
+            elif problem is not None or not self._hold_image(frame.image.nbytes):
+                note = f"not kept: {problem or 'images waiting for the disk reached tracelog.max_held_image_mb'}"
+                frame = dataclasses.replace(frame, image=None)
+                with self._held_lock:
+                    self.images_dropped += 1
+            else:
+                nbytes = frame.image.nbytes
+        self._queue.put(("verdict", (verdict, frame, note, nbytes)))
 
     def record_actuation(self, report: ActuationReport) -> None:
         self._queue.put(("actuation", (report,)))
@@ -155,11 +129,27 @@ class TraceLog(threading.Thread):
     def finish_run(self, summary_json: str) -> None:
         self._queue.put(("finish", (time.time(), summary_json)))
 
+    def stop(self) -> None:
+        self._queue.put(_STOP)
+
+    def update_settings(self, *, images: str, sample_every_n: int, image_format: str, disk_budget_mb: float,
+                        max_backlog: int, min_free_mb: float, max_held_image_mb: float, alarm_clear_s: float) -> None:
+        """Live reload; the writer reads each of these per part (plain attribute stores are atomic)."""
+        store = self.images
+        store.policy, store.sample_every_n, store.image_format = images, sample_every_n, image_format
+        store.disk_budget_bytes = int(disk_budget_mb * 1024 * 1024)
+        self.max_backlog, self.min_free_bytes = max_backlog, int(min_free_mb * 1024 * 1024)
+        self.max_held_image_bytes = int(max_held_image_mb * 1024 * 1024)
+        self.alarm.clear_after_s = self.images_alarm.clear_after_s = alarm_clear_s
+
     def adopt(self, old: TraceLog) -> None:
-        """Take over the queue and held-back records of a writer whose thread died, before start()."""
-        self._queue, self._backlog = old._queue, old._backlog  # the same queue: later records follow in order
-        self.rows_written, self.write_errors = old.rows_written, old.write_errors
-        self.images = old.images
+        """Take over the queue, held rows, spill and alarms of a writer whose thread died, before start()."""
+        self._queue, self._pending = old._queue, old._pending  # the same queue: later records follow in order
+        self.rows_written, self.write_errors, self.unwritten = old.rows_written, old.write_errors, old.unwritten
+        self.images, self.spill, self.errors = old.images, old.spill, old.errors
+        self.alarm, self.images_alarm = old.alarm, old.images_alarm
+        self._held_lock, self._held_image_bytes = old._held_lock, old._held_image_bytes
+        self._db_max_seq, self._rows_kept, self._scanned = old._db_max_seq, old._rows_kept, old._scanned
         if old._conn is not None:
             try:
                 old._conn.close()
@@ -167,164 +157,243 @@ class TraceLog(threading.Thread):
                 log.warning("closing the dead trace-log writer's connection: %s", exc)
             old._conn = None
 
-    def stop(self) -> None:
-        self._queue.put(_STOP)
+    @property
+    def problem(self) -> str | None:
+        """What keeps the log from working right now (None: rows reach the database, disk has room)."""
+        found = []
+        if self._conn is None:
+            found.append(self._db_error or "not open")
+        elif self._db_error:
+            found.append(f"database write failing: {self._db_error}")
+        if self.spill.count:
+            found.append(f"{self.spill.count} row(s) waiting in the spill reserve")
+        if not self._rows_kept:
+            found.append(f"{len(self._pending)} row(s) held in memory only")
+        found += [p for p in (self._spill_error, self._low_space) if p]
+        text = "; ".join(found)
+        return f"trace log {self.directory}: {text}" if text else None
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize() + len(self._backlog)
+        return self._queue.qsize() + len(self._pending) + self.spill.count
+
+    @property
+    def held_image_bytes(self) -> int:
+        return self._held_image_bytes
+
+    def _hold_image(self, nbytes: int) -> bool:
+        with self._held_lock:
+            if self._held_image_bytes + nbytes > self.max_held_image_bytes:
+                return False
+            self._held_image_bytes += nbytes
+            self.peak_held_image_bytes = max(self.peak_held_image_bytes, self._held_image_bytes)
+            return True
+
+    def _release_image(self, op: TraceOp) -> None:
+        if op.frame is not None:
+            with self._held_lock:
+                self._held_image_bytes -= op.image_bytes
+            op.frame, op.image_bytes = None, 0
 
     # ---- writer thread ---------------------------------------------------------------------------
-    def _connect_or_none(self) -> sqlite3.Connection | None:
-        if self._conn is not None:
-            return self._conn
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._conn = open_db(self.db_path)
-            self._conn.execute(
-                "INSERT OR IGNORE INTO runs(run_id, started_at, station_id, config_sha256, model_id) "
-                "VALUES (?,?,?,?,?)",
-                (self.run_info.run_id, iso_utc(time.time()), self.run_info.station_id, self.run_info.config_sha256,
-                 self.run_info.model_id))
-            self._conn.commit()
-            self.images.scan()
-            self.on_alarm("tracelog", None)
-        except (sqlite3.Error, OSError) as exc:
-            self._conn = None
-            self.write_errors += 1
-            self.on_alarm("tracelog", f"trace log {self.db_path} cannot be opened: {exc}")
-        return self._conn
-
     def run(self) -> None:
         stopping = False
-        while True:
+        while not stopping:
             self.last_beat_ns = time.monotonic_ns()
-            try:
-                item = self._queue.get(timeout=0.02 if self._backlog else 0.2)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                stopping = True
-            elif item is not None:
-                self._backlog.append(item)
-            # Take everything queued so one transaction commits a burst of parts together.
-            while True:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    stopping = True
-                else:
-                    self._backlog.append(more)
-            if self._backlog:
-                self._flush()
-            if stopping:
-                if self._backlog:
-                    self._flush()  # one last try, the disk may have room again
-                if self._backlog:
-                    self._dump_backlog()
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-                return
+            stopping = self._take(0.02 if self._pending or self.spill.count else 0.2)
+            self._step(final=stopping)
+        self._close()
 
-    def _flush(self) -> None:
-        conn = self._connect_or_none()
-        if conn is None:
-            self._check_backlog()
-            time.sleep(0.5)
-            return
-        self.images.begin()
+    def _take(self, timeout_s: float) -> bool:
+        """Move queued records into `_pending` (a burst commits in one transaction). True: stop seen."""
         try:
-            with conn:
-                for kind, args in self._backlog:
-                    getattr(self, f"_write_{kind}")(conn, *args)
+            items = [self._queue.get(timeout=timeout_s)]
+        except queue.Empty:
+            return False
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for item in items:
+            if item is _STOP:
+                return True
+            self._pending.append(op_from_record(*item, self.run_info))
+        return False
+
+    def _step(self, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if now >= self._next_space_check:
+            self._check_space()
+        if self._conn is None and (final or now >= self._next_db_try):
+            self._open()
+        written = False
+        if self._conn is not None and (self._pending or self.spill.count) \
+                and (final or self._db_error is None or now >= self._next_db_try):
+            written = self._write()
+        if self._pending and not written:
+            self._hold(final=final)
+        self._set_rows_kept(not self._pending or written)
+        self.alarm.update(self.problem)
+        self.images_alarm.update(self.images.problem)
+
+    def _open(self) -> bool:
+        self._next_db_try = time.monotonic() + DB_RETRY_S
+        self.busy_since_ns = time.monotonic_ns()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if not self.spill.ready:
+                try:
+                    self.spill.open()
+                    self._spill_error = None
+                except OSError as exc:
+                    self._spill_error = (f"spill reserve of {self.spill.reserve_bytes / 1048576:g} MB cannot be "
+                                         f"allocated: {exc.strerror or exc}")
+                    self.errors.error("spill", f"trace log {self.directory}: {self._spill_error}")
+            conn = open_db(self.db_path)
+            try:
+                self._db_max_seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM parts").fetchone()[0])
+                with conn:
+                    self._on_open(conn)
+            except sqlite3.Error:
+                conn.close()
+                raise
+            self._conn, self._db_error = conn, None
+            if not self._scanned:  # once: the image folder may hold many thousand files
+                self.images.scan()
+                self._scanned = True
+            return True
         except (sqlite3.Error, OSError) as exc:
             self.write_errors += 1
-            self.on_alarm("tracelog", f"trace log write failed ({len(self._backlog)} records held in memory): {exc}")
-            self.images.rollback()
-            if is_disk_full(exc):
-                self.images.make_room(conn)
-                return  # retry at once: the rows matter more than the images
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
-            self._conn = None
-            self._check_backlog()
-            time.sleep(0.5)
-            return
-        self._backlog.clear()
-        self.on_alarm("tracelog", None)
+            self._db_error = f"{self.db_path} cannot be opened for writing: {exc}"
+            self.errors.error("open", f"trace log {self._db_error}")
+            return False
+        finally:
+            self.busy_since_ns = None
 
-    def _dump_backlog(self) -> None:
-        """The disk never recovered: put every unwritten record into the service log (journald keeps it
-        on another disk), one JSON line each, so no part's verdict is lost."""
-        log.critical("trace log stopping with %d unwritten record(s); they follow as JSON", len(self._backlog))
-        for kind, args in self._backlog:
-            if kind == "verdict":
-                v, _frame = args
-                record = {"seq": v.seq, "run_id": self.run_info.run_id, "captured_at": iso_utc(v.wall_time),
-                          "decision": v.decision.value, "reason": v.reason.value, "p_defect": v.p_defect,
-                          "threshold": v.threshold, "label": v.label, "source": v.source, "detail": v.detail}
-            elif kind == "actuation":
-                r = args[0]
-                record = {"seq": r.seq, "actuator_result": r.result.value, "fire_lateness_ms": r.lateness_ms,
-                          "actuator_error": r.error}
-            elif kind == "late":
-                p = args[0]
-                record = {"seq": p.seq, "late_p_defect": p.p_defect, "late_infer_ms": p.infer_ms}
-            else:
-                record = {"args": [str(a) for a in args]}
-            log.critical("unwritten trace %s %s", kind, json.dumps(record, default=str))
-        self.unwritten = len(self._backlog)
-        self._backlog.clear()
-
-    def _check_backlog(self) -> None:
-        if len(self._backlog) > self.max_backlog:
-            log.critical("trace log backlog %d exceeds %d records", len(self._backlog), self.max_backlog)
-
-    def _write_verdict(self, conn: sqlite3.Connection, verdict: Verdict, frame: Frame) -> None:
-        image_path, sha, nbytes, image_error = self.images.save(verdict, frame, conn)
+    def _on_open(self, conn: sqlite3.Connection) -> None:
+        """Open-time steps, in the transaction that opens the log: this run's row."""
         r = self.run_info
-        conn.execute(
-            "INSERT OR IGNORE INTO parts (seq, run_id, station_id, camera_id, source, captured_at, t_capture_ns, "
-            "model_id, model_sha256, config_sha256, p_defect, threshold, decision, reason, fail_safe, detail, "
-            "label, infer_ms, decide_ms, image_path, image_sha256, image_bytes, image_error) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (verdict.seq, r.run_id, r.station_id, r.camera_id, verdict.source, iso_utc(verdict.wall_time),
-             verdict.t_capture_ns, verdict.model_id or r.model_id, r.model_sha256, r.config_sha256,
-             verdict.p_defect, verdict.threshold, verdict.decision.value, verdict.reason.value,
-             int(verdict.is_fail_safe), verdict.detail, verdict.label, verdict.infer_ms, verdict.decide_ms,
-             image_path, sha, nbytes, image_error))
-        self.rows_written += 1
+        conn.execute("INSERT OR IGNORE INTO runs(run_id, started_at, station_id, config_sha256, model_id) "
+                     "VALUES (?,?,?,?,?)", (r.run_id, iso_utc(time.time()), r.station_id, r.config_sha256, r.model_id))
 
-    def _write_actuation(self, conn: sqlite3.Connection, report: ActuationReport) -> None:
-        conn.execute(
-            "UPDATE parts SET due_ns=?, fired_ns=?, fire_lateness_ms=?, actuator_result=?, actuator_error=? "
-            "WHERE seq=?",
-            (report.due_ns, report.fired_ns, report.lateness_ms, report.result.value, report.error, report.seq))
+    def _write(self) -> bool:
+        """The spill (first: it is older) and the pending ops into the database. False: it failed."""
+        assert self._conn is not None
+        conn = self._conn
+        self.busy_since_ns = time.monotonic_ns()
+        try:
+            batch = self.spill.read() + self._pending if self.spill.count else self._pending
+            for attempt in (1, 2):
+                self.images.begin()
+                try:
+                    with conn:
+                        for op in batch:
+                            self._apply(conn, op)
+                    break
+                except (sqlite3.Error, OSError) as exc:
+                    self.images.rollback()
+                    self.write_errors += 1
+                    if attempt == 1 and is_disk_full(exc):
+                        self.images.make_room(conn)  # rows before images: prune, truncate the WAL, once more
+                        continue
+                    self._db_failed(exc, len(batch))
+                    return False
+            if self.spill.count:
+                self.spill.reset()
+        except OSError as exc:  # reading or resetting the spill journal
+            self._spill_error = f"spill journal: {exc.strerror or exc}"
+            self.errors.error("spill", f"trace log {self.directory}: {self._spill_error}")
+            return False
+        finally:
+            self.busy_since_ns = None
+        for op in self._pending:
+            self._release_image(op)
+        self.rows_written += sum(op.kind == "part" for op in batch)
+        self._pending.clear()
+        self._db_error = self._spill_error = None
+        return True
 
-    def _write_late(self, conn: sqlite3.Connection, prediction: Prediction) -> None:
-        conn.execute("UPDATE parts SET late_p_defect=?, late_infer_ms=? WHERE seq=?",
-                     (prediction.p_defect, prediction.infer_ms, prediction.seq))
+    def _apply(self, conn: sqlite3.Connection, op: TraceOp) -> None:
+        if op.kind == "part" and op.frame is not None and op.frame.image is not None:
+            values = op.values
+            path, sha, nbytes, error = self.images.save(seq=values["seq"], decision=values["decision"],
+                                                        wall_time=op.frame.wall_time, image=op.frame.image, conn=conn)
+            op = TraceOp(op.kind, {**values, "image_path": path, "image_sha256": sha, "image_bytes": nbytes,
+                                   "image_error": error or values.get("image_error")})
+        apply_op(conn, op)
 
-    def _write_event(self, conn: sqlite3.Connection, at: float, level: str, kind: str, message: str) -> None:
-        conn.execute("INSERT INTO events(at, run_id, level, kind, message) VALUES (?,?,?,?,?)",
-                     (iso_utc(at), self.run_info.run_id, level, kind, message))
+    def _db_failed(self, exc: BaseException, records: int) -> None:
+        self._db_error = f"{type(exc).__name__}: {exc}"
+        self._next_db_try = time.monotonic() + DB_RETRY_S
+        self.errors.error("write", f"trace log {self.db_path}: write of {records} record(s) failed ({exc}); "
+                                   f"rows go to the spill reserve, retried every {DB_RETRY_S:g} s")
+        if not is_disk_full(exc) and self._conn is not None:
+            try:  # anything but a full disk: a fresh connection on the next try
+                self._conn.close()
+            except sqlite3.Error as close_exc:
+                log.debug("closing the failed connection: %s", close_exc)
+            self._conn = None
 
-    def _write_finish(self, conn: sqlite3.Connection, at: float, summary_json: str) -> None:
-        conn.execute("UPDATE runs SET stopped_at=?, summary_json=? WHERE run_id=?",
-                     (iso_utc(at), summary_json, self.run_info.run_id))
+    def _hold(self, *, final: bool) -> None:
+        """The database cannot take the pending ops now: images go, rows to the spill, then memory."""
+        for op in self._pending:
+            if op.frame is not None:
+                self._release_image(op)
+                op.values["image_error"] = op.values.get("image_error") or "not kept: the trace log could not write"
+                with self._held_lock:
+                    self.images_dropped += 1
+        if self.spill.ready and self._pending:
+            try:
+                taken = self.spill.append(self._pending)
+                del self._pending[:taken]
+            except OSError as exc:
+                self._spill_error = f"spill journal cannot be written: {exc.strerror or exc}"
+                self.errors.error("spill", f"trace log {self.directory}: {self._spill_error}")
+        keep = 0 if final else self.max_backlog
+        if len(self._pending) > keep:
+            self._dump(self._pending[:len(self._pending) - keep])
+            del self._pending[:len(self._pending) - keep]
 
+    def _dump(self, ops: list[TraceOp]) -> None:
+        """No room anywhere: each record goes to the service log (journald keeps it on its own disk)."""
+        self.errors.log(logging.CRITICAL, "dump", f"trace log: no room for {len(ops)} record(s) in the database, "
+                                                  f"the spill reserve or memory (max_backlog); they follow as JSON")
+        for op in ops:
+            log.critical("unwritten trace %s %s", "verdict" if op.kind == "part" else op.kind,
+                         json.dumps(op.values, default=str))
+        self.unwritten += len(ops)
 
-def rows_since(db_path: Path, since_iso: str | None) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Read parts rows (for `station trace export`) from a log, opened read-only."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        cur = conn.execute("SELECT * FROM parts WHERE captured_at >= ? ORDER BY seq", (since_iso or "",))
-        cols = [d[0] for d in cur.description]
-        return cols, cur.fetchall()
-    finally:
-        conn.close()
+    def _set_rows_kept(self, kept: bool) -> None:
+        if kept == self._rows_kept:
+            return
+        self._rows_kept = kept
+        why = None if kept else "neither the database nor the spill reserve can take rows"
+        if kept:
+            log.warning("trace log: rows are kept again")
+        else:
+            log.error("trace log: %s; they are held in memory (max_backlog %d)", why, self.max_backlog)
+        self.on_rows_kept(kept, why)
+
+    def _check_space(self) -> None:
+        self._next_space_check = time.monotonic() + SPACE_CHECK_S
+        try:
+            st = os.statvfs(self.directory if self.directory.exists() else self.directory.parent)
+        except OSError:
+            return  # a folder that cannot be read shows as a database error
+        free = st.f_bavail * st.f_frsize
+        self.images.space_check(free, self.min_free_bytes)
+        if free >= self.min_free_bytes:
+            self._low_space = None
+        else:
+            self._low_space = (f"{free / 1048576:.1f} MB free on its disk, below "
+                               f"tracelog.min_free_mb = {self.min_free_bytes / 1048576:g}")
+
+    def _close(self) -> None:
+        self.errors.flush()
+        for op in self._pending:
+            self._release_image(op)
+        self.spill.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

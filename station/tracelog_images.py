@@ -3,8 +3,10 @@
 Images live under `images/YYYY/MM/DD/<seq>_<decision>.<png|jpeg>`, kept by policy (all | rejects |
 none, every n-th). They are written inside the trace log's transaction: when it rolls back, its
 files are removed too. Past the disk budget the oldest images are deleted and their rows marked
-`image_pruned`; on a full disk, images pause for a while and the oldest half is deleted so the rows
-(which matter more) still fit. Only the trace-log writer thread calls into an `ImageStore`.
+`image_pruned`; on a full disk, images pause for a while (or until the trace log sees free space
+again) and the oldest half is deleted so the rows (which matter more) still fit. An image outside
+the station's frame size limits is never stored. Only the trace-log writer thread calls into an
+`ImageStore`, except `wanted_by_policy`, which the intake asks so an image nobody keeps is never held.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-from station.records import Decision, Frame, Verdict
+from station.cameras.pixels import MAX_SIDE_PX, MIN_SIDE_PX
 
 log = logging.getLogger("station.tracelog")
 
@@ -32,19 +33,20 @@ IMAGE_PAUSE_S = 30.0  # after a disk-full error, images are not kept for this lo
 
 class ImageStore:
     def __init__(self, directory: Path, *, policy: str, sample_every_n: int, image_format: str,
-                 disk_budget_bytes: int, on_alarm: Callable[[str, str | None], None]) -> None:
+                 disk_budget_bytes: int) -> None:
         self.directory = directory
         # These four change live on a reload (station.reload).
         self.policy = policy
         self.sample_every_n = sample_every_n
         self.image_format = image_format
         self.disk_budget_bytes = disk_budget_bytes
-        self.on_alarm = on_alarm
+        self.problem: str | None = None  # why images are not being kept right now (the tracelog_images alarm)
         self.bytes = 0
         self.pruned = 0
         self.write_errors = 0
         self._kept = 0
         self._paused_until = 0.0
+        self._pruned_since_pause = 0
         self._tx: list[tuple[Path, int]] = []  # files written by the open transaction
 
     def scan(self) -> None:
@@ -65,24 +67,43 @@ class ImageStore:
                 pass
         self._tx = []
 
-    def _wanted(self, verdict: Verdict, frame: Frame) -> bool:
-        if frame.image is None or self.policy == "none":
-            return False
-        if self.policy == "rejects" and verdict.decision is not Decision.REJECT:
+    def wanted_by_policy(self, decision: str) -> bool:
+        """Could the policy keep this part's image (before sampling)? Safe to ask from any thread."""
+        policy = self.policy
+        return policy == "all" or (policy == "rejects" and decision == "reject")
+
+    def _wanted(self, decision: str) -> bool:
+        if not self.wanted_by_policy(decision):
             return False
         self._kept += 1
         return (self._kept - 1) % self.sample_every_n == 0
 
-    def save(self, verdict: Verdict, frame: Frame,
+    @property
+    def paused(self) -> bool:
+        return time.monotonic() < self._paused_until
+
+    def space_check(self, free_bytes: int, min_free_bytes: int) -> None:
+        """The trace log's periodic free-space reading. Paused images resume early only when the space
+        came from outside (an operator cleaned up): more than our own pruning freed, plus the minimum.
+        Space the pruning made is for the rows; taking it back for images would fill the disk again."""
+        if self.paused and free_bytes >= min_free_bytes + self._pruned_since_pause:
+            self._paused_until = 0.0
+            self.problem = None
+            log.warning("images are kept again: the trace log's disk has %.1f MB free", free_bytes / 1048576)
+
+    def save(self, *, seq: int, decision: str, wall_time: float, image: np.ndarray,
              conn: sqlite3.Connection) -> tuple[str | None, str | None, int | None, str | None]:
         """Write the part's image if the policy keeps it: (relative path, sha256, bytes, error)."""
-        if not self._wanted(verdict, frame):
+        if not self._wanted(decision):
             return None, None, None, None
-        if time.monotonic() < self._paused_until:
+        problem = image_size_problem(image)
+        if problem is not None:
+            return None, None, None, f"not kept: {problem}"
+        if self.paused:
             return None, None, None, "not kept: disk full"
-        when = datetime.fromtimestamp(verdict.wall_time, tz=timezone.utc)
-        rel = Path(f"{when:%Y/%m/%d}") / f"{verdict.seq:010d}_{verdict.decision.value}.{self.image_format}"
-        data = encode_image(frame.image, self.image_format)
+        when = datetime.fromtimestamp(wall_time, tz=timezone.utc)
+        rel = Path(f"{when:%Y/%m/%d}") / f"{seq:010d}_{decision}.{self.image_format}"
+        data = encode_image(image, self.image_format)
         sha = hashlib.sha256(data).hexdigest()
         target = self.directory / rel
         try:
@@ -92,11 +113,11 @@ class ImageStore:
             os.replace(tmp, target)
         except OSError as exc:
             self.write_errors += 1
-            self.on_alarm("tracelog_images", f"cannot write image {target}: {exc}")
+            self.problem = f"images cannot be written into {self.directory}: {exc.strerror or exc}"
             if is_disk_full(exc):
                 self.make_room(None)
             return None, sha, None, f"{type(exc).__name__}: {exc.strerror or exc}"
-        self.on_alarm("tracelog_images", None)
+        self.problem = None
         self.bytes += len(data)
         self._tx.append((target, len(data)))
         if self.bytes > self.disk_budget_bytes:
@@ -106,7 +127,11 @@ class ImageStore:
     def make_room(self, conn: sqlite3.Connection | None) -> None:
         """Disk full: pause images and delete the oldest half of them so rows can still be written.
         `conn` is given outside a transaction (the WAL is then truncated too), None inside one."""
-        self._paused_until = time.monotonic() + IMAGE_PAUSE_S
+        if self.policy != "none":  # with no images kept there is nothing to pause (or to alarm about)
+            if not self.paused:
+                self._pruned_since_pause = 0
+            self._paused_until = time.monotonic() + IMAGE_PAUSE_S
+            self.problem = f"images paused: the disk of {self.directory} filled up"
         try:
             if conn is None:
                 return  # inside the writer's transaction: the failed write's rollback comes first
@@ -115,7 +140,8 @@ class ImageStore:
             # Move the WAL into the database file and truncate it: the WAL only shrinks this way.
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except (sqlite3.Error, OSError) as exc:
-            log.error("could not free disk space by pruning images: %s", exc)
+            # Rows are what matters: the writer's own error line (rate-limited) reports the disk.
+            log.debug("could not free disk space by pruning images: %s", exc)
 
     def prune(self, conn: sqlite3.Connection, goal: int | None = None) -> None:
         """Delete the oldest images until the folder is back under `goal` (default 90% of the budget)."""
@@ -134,8 +160,17 @@ class ImageStore:
                 except FileNotFoundError:
                     pass
                 self.bytes -= nbytes or 0
+                self._pruned_since_pause += nbytes or 0
                 self.pruned += 1
                 conn.execute("UPDATE parts SET image_pruned=1 WHERE seq=?", (seq,))
+
+
+def image_size_problem(image: np.ndarray) -> str | None:
+    """Why an image is outside the station's frame limits (and must not be stored), or None."""
+    h, w = image.shape[:2]
+    if MIN_SIDE_PX <= w <= MAX_SIDE_PX and MIN_SIDE_PX <= h <= MAX_SIDE_PX:
+        return None
+    return f"{w}x{h} px is outside the {MIN_SIDE_PX}..{MAX_SIDE_PX} px frame limit"
 
 
 def encode_image(image: np.ndarray, fmt: str) -> bytes:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from station.cameras.base import CameraError, CameraLost
-from station.cameras.pixels import from_buffer, station_format
+from station.cameras.pixels import check_declared_size, from_buffer, station_format
 from station.cameras.streaming import RawFrame, StreamingCamera
 from station.config_cameras import GenicamCameraConfig
 
@@ -228,6 +228,8 @@ class GenicamCamera(StreamingCamera):
             comp = buffer.payload.components[0]
             try:
                 fmt = station_format(str(comp.data_format))
+                # The declared size first: an oversized buffer is never copied or converted.
+                check_declared_size(int(comp.width), int(comp.height), what=f"{comp.data_format} buffer")
                 raw.image = from_buffer(np.array(comp.data, copy=True), width=int(comp.width),
                                         height=int(comp.height), pixel_format=fmt)
             except ValueError as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from station.cameras.base import Camera, CameraError, CameraLost, EndOfStream, Grab, Pacer
-from station.cameras.pixels import to_station_image
+from station.cameras.pixels import check_declared_size, to_station_image
 from station.config_cameras import OpenCvCameraConfig
 
 log = logging.getLogger("station.camera.opencv")
@@ -90,6 +90,14 @@ class OpenCvCamera(Camera):
                             (cv2.CAP_PROP_FPS, cfg.frame_rate_hz)):
             if value is not None and not self.is_file and not cap.set(prop, value):
                 log.warning("%s: the device refused %s = %s", self.describe(), prop, value)
+        # The size the source declares, before a frame is decoded (0 x 0: a stream that says nothing yet).
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if width > 0 and height > 0:
+            try:
+                check_declared_size(width, height, what=cfg.source)
+            except ValueError as exc:
+                cap.release()
+                raise CameraError(str(exc)) from None
         self._cap = cap
         if self._ever_opened:
             self.counters["reconnects"] += 1

@@ -3,11 +3,29 @@
 The station works on uint8 arrays, HxW (mono) or HxWx3 (RGB). Cameras deliver mono8/mono16,
 BGR (OpenCV), RGB, or raw Bayer mosaics; `to_station_image` turns each into the station layout
 and raises `ValueError` for a layout it does not know or a buffer of the wrong size.
+`check_declared_size` holds the frame size limits every file and buffer path checks against the
+size a file or buffer *declares*, before a single pixel is decoded or converted: a 12000x12000 PNG
+would otherwise cost half a gigabyte before any check could refuse it.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+# Frame sides the station accepts, px; the trace log never stores an image outside them either.
+MIN_SIDE_PX = 16
+MAX_SIDE_PX = 8192
+
+
+def check_declared_size(width: int, height: int, *, what: str = "frame") -> None:
+    """ValueError when a frame declares a side over MAX_SIDE_PX (or none at all). Frames below
+    MIN_SIDE_PX are cheap to decode and are refused afterwards, as a bad frame, by the image check."""
+    if width < 1 or height < 1:
+        raise ValueError(f"{what} declares an empty {width}x{height} px frame")
+    if width > MAX_SIDE_PX or height > MAX_SIDE_PX:
+        raise ValueError(f"{what} declares {width}x{height} px, over the {MAX_SIDE_PX} px frame limit "
+                         f"(not decoded)")
+
 
 # Bayer pattern name (as GenICam spells it) -> offsets (row, col) of R and B in the 2x2 cell.
 _BAYER = {"bayer_rg8": ((0, 0), (1, 1)), "bayer_bg8": ((1, 1), (0, 0)),
@@ -47,6 +65,7 @@ def from_buffer(data: bytes | memoryview | np.ndarray, *, width: int, height: in
     bpp = BYTES_PER_PIXEL.get(fmt)
     if bpp is None:
         raise ValueError(f"unknown pixel format {pixel_format!r} (known: {', '.join(BYTES_PER_PIXEL)})")
+    check_declared_size(width, height, what=f"{pixel_format} buffer")
     raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
     need = width * height * bpp
     if raw.size < need:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from station.cameras.base import Camera, CameraError, EndOfStream, Grab, Pacer
-from station.cameras.pixels import to_station_image
+from station.cameras.pixels import check_declared_size, to_station_image
 from station.cameras.recorder import MANIFEST, read_manifest
 from station.config_cameras import ReplayCameraConfig
 
@@ -35,8 +36,14 @@ def list_frames(folder: Path, *, order: str = "sorted", seed: int = 0) -> list[P
 
 
 def load_image(path: Path) -> np.ndarray:
-    """Decode an image file to the station layout; raise ValueError/OSError when it cannot be."""
-    with Image.open(path) as img:
+    """Decode an image file to the station layout; raise ValueError/OSError when it cannot be.
+    The size the file declares is checked first: an oversized image is never decoded."""
+    with warnings.catch_warnings():
+        # PIL warns about sizes past its own bomb limit; the station's limit below is stricter.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)  # reads the header only
+    with img:
+        check_declared_size(*img.size, what=path.name)
         img.load()
         if img.mode in ("L", "RGB"):
             return np.asarray(img).copy()

@@ -217,15 +217,15 @@ def test_a_crashed_reject_scheduler_hands_its_queued_rejects_to_the_new_one(tmp_
 
 def test_a_crashed_trace_log_writer_is_restarted_without_losing_a_row(tmp_path, monkeypatch):
     crashes: list[int] = []
-    real_write = TraceLog._write_verdict
+    real_apply = TraceLog._apply
 
-    def write_verdict(self, conn, verdict, frame):
-        if verdict.seq == 6 and not crashes:
-            crashes.append(verdict.seq)
+    def apply(self, conn, op):
+        if op.kind == "part" and op.values["seq"] == 6 and not crashes:
+            crashes.append(6)
             raise ZeroDivisionError("injected fault in the trace-log writer")
-        real_write(self, conn, verdict, frame)
+        real_apply(self, conn, op)
 
-    monkeypatch.setattr(TraceLog, "_write_verdict", write_verdict)
+    monkeypatch.setattr(TraceLog, "_apply", apply)
     loaded = load_config(station_config(tmp_path))
     station = Station(loaded)
     supervisor = Supervisor(station, max_restarts=3, restart_window_s=60)

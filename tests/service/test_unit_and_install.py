@@ -81,6 +81,14 @@ def test_unit_has_the_directives_the_plant_relies_on():
     assert allowed == {"char-video4linux", "char-ttyUSB", "char-ttyACM", "char-usb_device", "char-nvidia*"}
     assert float(one["TimeoutStopSec"]) >= 10 and one["RestartPreventExitStatus"] == "2"
     assert one["WantedBy"] == "multi-user.target"
+    # Hardening (issue 13): a system call allow list, /proc and mounts private, no realtime, no SysV IPC left.
+    assert values["SystemCallFilter"] == ["@system-service", "~@privileged"] and one["SystemCallErrorNumber"] == "EPERM"
+    assert one["ProtectProc"] == "invisible" and one["PrivateMounts"] == "true"
+    assert one["RestrictRealtime"] == "true" and one["RemoveIPC"] == "true"
+    # Network: deny by default; this host, link-local (GigE cameras) and the private plant ranges (the PLC).
+    assert one["IPAddressDeny"] == "any"
+    allowed_ip = one["IPAddressAllow"].split()
+    assert {"localhost", "link-local", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(allowed_ip)
 
 
 def test_every_unit_line_says_why():

@@ -41,25 +41,26 @@ reject:
   actuator:
     kind: modbus_tcp
     port: 70000
+model: {path: missing.pt}
+tracelog: {dir: log}
 """
 
 
-def test_check_config_names_line_and_key_of_each_error(tmp_path):
+def test_check_config_names_line_and_key_of_each_error_in_one_pass(tmp_path):
     path = write_config(tmp_path / "broken.yaml", BROKEN)
     result = station("check-config", str(path))
     assert result.returncode == 2
-    err = result.stderr
-    assert "3 error(s)" in err
-    lines = {line.split()[1]: line for line in err.splitlines()[2:]}
-    assert lines["station.colour"].split()[0] == "3" and "unknown key" in lines["station.colour"]
-    assert lines["camera.rate_parts_per_s"].split()[0] == "6"
-    assert lines["reject.actuator.port"].split()[0] == "13" and "70000" in lines["reject.actuator.port"]
-    # Fix those three and the cross-field check names the deadline on its own line.
-    fixed = BROKEN.replace("  colour: blue\n", "").replace("-4", "4").replace("70000", "502")
-    result = station("check-config", str(write_config(tmp_path / "deadline.yaml", fixed)))
-    assert result.returncode == 2
-    row = [line for line in result.stderr.splitlines() if "decision.deadline_ms" in line][0]
-    assert row.split()[0] == "7" and "no time before the ejector" in row
+    err = result.stderr.splitlines()
+    assert err[0].endswith("5 error(s)") and err[1].split() == ["line", "key", "value", "message"]
+    rows = {line.split()[1]: line for line in err[2:]}
+    assert rows["station.colour"].split()[0] == "3" and "unknown key" in rows["station.colour"]
+    assert rows["camera.rate_parts_per_s"].split()[0] == "6"
+    assert rows["reject.actuator.port"].split()[0] == "13" and "70000" in rows["reject.actuator.port"]
+    # The cross-field check comes in the same pass as the field errors, on its own line.
+    deadline = rows["decision.deadline_ms"]
+    assert deadline.split()[0] == "8" and "no time before the ejector" in deadline
+    # ... and so does the missing model file, without --model.
+    assert rows["model.path"].split()[0] == "14" and "does not exist" in rows["model.path"]
 
 
 def test_check_config_malformed_yaml_and_good_file(tmp_path):

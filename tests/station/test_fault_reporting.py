@@ -1,0 +1,58 @@
+"""Alarm hysteresis and rate-limited error lines, on a clock the test moves (the logic, not the disk:
+tests/station/test_disk_full.py runs both against a real full disk)."""
+
+from __future__ import annotations
+
+import logging
+
+from station.fault_reporting import LatchedAlarm, RateLimitedLog
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_alarm_is_raised_at_once_and_cleared_only_after_a_quiet_period():
+    clock, calls = Clock(), []
+    alarm = LatchedAlarm("tracelog", lambda name, msg: calls.append((name, msg)), clear_after_s=5.0, clock=clock)
+    alarm.update("disk full")
+    assert calls == [("tracelog", "disk full")]
+    # Fine for a moment (pruning freed a little), failing again: the alarm stays up, nothing is sent.
+    for _ in range(10):
+        clock.now += 1.0
+        alarm.update(None)
+        clock.now += 0.5
+        alarm.update("disk full")
+    assert calls == [("tracelog", "disk full")] and alarm.raised
+    clock.now += 1.0
+    alarm.update(None)
+    clock.now += 4.9
+    alarm.tick()
+    assert alarm.raised, "not yet quiet for clear_after_s"
+    clock.now += 0.2
+    alarm.tick()
+    assert calls == [("tracelog", "disk full"), ("tracelog", None)]
+    assert (alarm.raised_count, alarm.cleared_count) == (1, 1)
+    alarm.update("disk full again")
+    assert alarm.raised_count == 2 and calls[-1] == ("tracelog", "disk full again")
+
+
+def test_error_lines_are_rate_limited_per_kind_and_counted(caplog):
+    clock = Clock()
+    errors = RateLimitedLog(logging.getLogger("test.faults"), interval_s=10.0, clock=clock)
+    with caplog.at_level(logging.ERROR, logger="test.faults"):
+        for _ in range(57):  # a second's worth of failures, as the issue measured
+            errors.error("write", "write failed")
+            clock.now += 1 / 57
+        errors.error("open", "cannot open")
+        clock.now += 10.0
+        errors.error("write", "write failed")
+        errors.error("write", "write failed")
+        errors.flush()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["write failed", "cannot open", "write failed (56 more like it in the last 10 s)",
+                     "write: 1 more error(s) like the last one reported"]
