@@ -67,15 +67,6 @@ def _yaml() -> YAML:
     return y
 
 
-def get_path(doc: Any, key: str) -> Any:
-    node = doc
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _set_path(doc: CommentedMap, key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     node = doc
@@ -114,8 +105,8 @@ class SettingsEditor:
         self._lock = threading.Lock()  # two engineers saving at once: one after the other
 
     def current(self) -> dict[str, Any]:
-        doc = _yaml().load(self.path.read_text(encoding="utf-8"))
-        return {s.key: get_path(doc, s.key) for s in SETTINGS}
+        """The values in force: what the file says, or the schema's default for a key it leaves out."""
+        return effective_values(self.path.read_text(encoding="utf-8"))
 
     def prepare(self, form: dict[str, str], *, running_sha256: str | None) -> tuple[str, str, list[dict[str, Any]]]:
         """(old text, new text, changes) for the submitted form; raises SettingsError, changes nothing."""
@@ -130,11 +121,12 @@ class SettingsEditor:
         except YAMLError as exc:
             raise SettingsError(f"{self.path} cannot be read as YAML: {exc}") from exc
         changes = []
+        in_force = effective_values(old_text)
         for setting in SETTINGS:
             if setting.key not in form:
                 continue
             new = parse_value(setting, form[setting.key])
-            old = get_path(doc, setting.key)
+            old = in_force[setting.key]
             if not _same(old, new):
                 _set_path(doc, setting.key, new)
                 changes.append({"key": setting.key, "old": old, "new": new})
@@ -167,6 +159,21 @@ class SettingsEditor:
                 raise SettingsError(f"the station refused the new settings, nothing changed: {answer.get('error')}")
             log.info("settings by %s applied: %s", user, changes)
             return {**answer, "changes": changes}
+
+
+def effective_values(text: str) -> dict[str, Any]:
+    """Each editable key's value as the station's schema reads the text (defaults filled in)."""
+    try:
+        config = parse_config_text(text)
+    except ConfigError as exc:
+        raise SettingsError("the YAML on disk is invalid: " + "; ".join(str(i) for i in exc.issues)) from exc
+    out = {}
+    for setting in SETTINGS:
+        node: Any = config
+        for part in setting.key.split("."):
+            node = getattr(node, part)
+        out[setting.key] = node
+    return out
 
 
 def write_atomic(path: Path, text: str) -> None:
