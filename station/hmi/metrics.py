@@ -70,14 +70,17 @@ class StationCollector(Collector):
         self.inference = Histogram(LATENCY_BUCKETS)
         self.lateness = Histogram(LATENESS_BUCKETS)
         self.read_errors = 0
+        try:
+            self._cursor = db.max_seq()  # counters start with the HMI: history is the trace log's job
+        except TraceLogUnavailable:
+            self._cursor = None  # no log yet: start at its first part
 
     def _scan(self) -> None:
         """Count the rows that became final since the last scrape."""
         with self._lock:
             try:
                 if self._cursor is None:
-                    self._cursor = self.db.max_seq()  # counters start with the HMI
-                    return
+                    self._cursor = 0
                 settle = iso(datetime.now(timezone.utc) - timedelta(seconds=SETTLE_S))
                 conn = self.db.connect()
                 try:
