@@ -42,8 +42,10 @@ async def station_request(path: Path | None, payload: dict[str, Any], *, timeout
                 line = await reader.readline()
             finally:
                 writer.close()
-    except (OSError, TimeoutError) as exc:
-        raise StationUnreachable(f"station socket {path}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc or 'timeout'}") from exc
+    except TimeoutError as exc:
+        raise StationUnreachable(f"station socket {path}: no answer within {timeout_s:g} s") from exc
+    except OSError as exc:
+        raise StationUnreachable(f"station socket {path}: {exc.strerror or exc}") from exc
     try:
         answer = json.loads(line)
     except json.JSONDecodeError as exc:

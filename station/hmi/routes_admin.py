@@ -38,7 +38,7 @@ def login_page(request: Request, next: str | None = None) -> Response:
 
 
 @router.post("/login")
-def login(request: Request, username: str = Form(..., max_length=64), password: str = Form(..., max_length=1024),
+def login(request: Request, *, username: str = Form(..., max_length=64), password: str = Form(..., max_length=1024),
           next: str = Form("/live")) -> Response:
     limiter: LoginLimiter = request.app.state.limiter
     client = request.client.host if request.client else "?"
@@ -142,7 +142,7 @@ def users_page(request: Request) -> Response:
 
 
 @router.post("/users")
-def change_user(request: Request, action: str = Form(...), name: str = Form(..., max_length=64),
+def change_user(request: Request, *, action: str = Form(...), name: str = Form(..., max_length=64),
                 role: str = Form("operator"), password: str = Form("", max_length=1024)) -> Response:
     admin = require(request, "admin")
     store: UserStore = request.app.state.users

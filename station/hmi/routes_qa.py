@@ -51,7 +51,7 @@ def review_page(request: Request, show: str = Query("open", pattern="^(open|all)
 
 
 @router.post("/review/{seq}")
-def record_review(request: Request, seq: int, review: str = Form(...), note: str = Form("", max_length=500),
+def record_review(request: Request, seq: int, *, review: str = Form(...), note: str = Form("", max_length=500),
                   back: str = Form("/review")) -> Response:
     user = require(request, "operator")
     try:
@@ -69,8 +69,8 @@ def record_review(request: Request, seq: int, review: str = Form(...), note: str
     return RedirectResponse(target, status_code=303)
 
 
-def _filters(request: Request, since: str | None, until: str | None, decision: str | None, reason: str | None,
-             label: str | None, review_state: str) -> SearchFilters:
+def _filters(request: Request, *, since: str | None, until: str | None, decision: str | None,
+             reason: str | None, label: str | None, review_state: str) -> SearchFilters:
     try:
         f = SearchFilters(since=parse_local(since), until=parse_local(until), decision=decision or None,
                           reason=reason or None, label=label or None)
@@ -88,13 +88,14 @@ def _filters(request: Request, since: str | None, until: str | None, decision: s
 
 
 @router.get("/search", response_class=HTMLResponse)
-def search_page(request: Request, since: str | None = None, until: str | None = None, decision: str | None = None,
+def search_page(request: Request, *, since: str | None = None, until: str | None = None, decision: str | None = None,
                 reason: str | None = None, label: str | None = None,
                 review_state: str = Query("any", alias="review"), page: int = Query(0, ge=0, le=100_000)) -> Response:
     if review_state not in REVIEW_STATES:
         raise HTTPException(status_code=400, detail=f"review: one of {', '.join(REVIEW_STATES)}")
     error, parts, total, reasons = None, [], 0, []
-    f = _filters(request, since, until, decision, reason, label, review_state)
+    f = _filters(request, since=since, until=until, decision=decision, reason=reason, label=label,
+                 review_state=review_state)
     try:
         parts = _db(request).search(f, limit=SEARCH_PAGE, offset=page * SEARCH_PAGE)
         total = _db(request).count(f)
@@ -111,12 +112,13 @@ def search_page(request: Request, since: str | None = None, until: str | None = 
 
 
 @router.get("/search.csv")
-def search_csv(request: Request, since: str | None = None, until: str | None = None, decision: str | None = None,
+def search_csv(request: Request, *, since: str | None = None, until: str | None = None, decision: str | None = None,
                reason: str | None = None, label: str | None = None,
                review_state: str = Query("any", alias="review")) -> Response:
     if review_state not in REVIEW_STATES:
         raise HTTPException(status_code=400, detail=f"review: one of {', '.join(REVIEW_STATES)}")
-    f = _filters(request, since, until, decision, reason, label, review_state)
+    f = _filters(request, since=since, until=until, decision=decision, reason=reason, label=label,
+                 review_state=review_state)
     try:
         cols, rows = _db(request).export_rows(f)
     except TraceLogUnavailable as exc:

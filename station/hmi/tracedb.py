@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -239,7 +238,3 @@ def parse_local(text: str | None) -> str | None:
     if not text:
         return None
     return iso(datetime.fromisoformat(text).astimezone())
-
-
-def now_s() -> float:
-    return time.time()
