@@ -24,10 +24,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
-
-if TYPE_CHECKING:
-    from station.app import Station
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 

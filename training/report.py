@@ -18,10 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
-from torch import nn  # noqa: E402
 
 from station.artifact import LoadedArtifact  # noqa: E402
 from station.gradcam import grad_cam  # noqa: E402,F401  (re-exported: training.report.grad_cam)
