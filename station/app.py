@@ -2,8 +2,10 @@
 
 Start: trace log -> model (refuses to start on a bad model) -> actuators (a PLC that is down is an
 alarm, not a failure) -> reject scheduler, deadline watch, inference worker -> camera capture.
-Stop: capture first, then every part in flight is scored or failed safe, every scheduled pulse
-fires, outputs are switched off, and the trace log is flushed and closed; no thread is left.
+The live-state socket for the HMI (`station.control`, when `hmi.control_socket` is set) starts last
+and stops first. Stop: capture first, then every part in flight is scored or failed safe, every
+scheduled pulse fires, outputs are switched off, and the trace log is flushed and closed; no thread
+is left.
 While running, the service's supervisor may `restart_stage` a stage thread that died (a fresh thread
 from the same factory, on the same queues and state), and SIGHUP calls `reload` (`station.reload`).
 """
@@ -25,8 +27,10 @@ from station.cameras.base import Camera
 from station.capture import CaptureThread
 from station.classifier import Classifier, InferenceWorker
 from station.configfile import LoadedConfig
+from station.control import ControlServer
 from station.decision import DeadlineWatch, DecisionMaker, DecisionSettings
 from station.health import Health, Stats
+from station.live_state import LiveState
 from station.records import ActuationReport, Frame, Prediction, Reason, Verdict
 from station.reload import ReloadResult, apply_reload
 from station.scheduler import RejectScheduler
@@ -60,6 +64,8 @@ class Station:
         self.frames: queue.Queue = queue.Queue(maxsize=self.config.queues.frames)
         self._housekeeping: threading.Thread | None = None
         self._stop_housekeeping = threading.Event()
+        self.live = LiveState(self)
+        self.control: ControlServer | None = None
         self._alarm_output_wanted = False
         self._alarm_output_state: bool | None = None
         self._trace_rows_lost: str | None = None  # why rows cannot be kept right now, None while they can
@@ -108,6 +114,9 @@ class Station:
         self.capture.start()
         self._housekeeping = self._new_housekeeping()
         self._housekeeping.start()
+        if cfg.hmi.control_socket is not None:
+            self.control = self._new_control()
+            self.control.start()
         self.started = True
         log.info("station %s started: run %s, model %s (threshold %g), camera %s, reject via %s",
                  cfg.station.id, self.run_id, self.classifier.describe(), threshold, self.camera.describe(),
@@ -140,6 +149,11 @@ class Station:
     def _new_housekeeping(self) -> threading.Thread:
         return threading.Thread(target=self._housekeep, name="housekeeping", daemon=True)
 
+    def _new_control(self) -> ControlServer:
+        assert self.config.hmi.control_socket is not None
+        return ControlServer(self.config.hmi.control_socket, status=self.live.status,
+                             acknowledge=self.live.acknowledge, reload=self.live.reload)
+
     def _open_actuator(self, actuator: Actuator, alarm: str) -> None:
         try:
             with actuator.lock:
@@ -150,6 +164,7 @@ class Station:
     # ---- stage callbacks ---------------------------------------------------------------------------
     def _on_verdict(self, verdict: Verdict, frame: Frame) -> None:
         self.stats.add_verdict(verdict)
+        self.live.on_verdict(verdict)
         assert self.scheduler is not None and self.tracelog is not None
         self.scheduler.submit(verdict)
         self.tracelog.record(verdict, frame)
@@ -164,6 +179,7 @@ class Station:
 
     def _on_report(self, report: ActuationReport) -> None:
         self.stats.add_report(report)
+        self.live.on_report(report)
         assert self.tracelog is not None
         self.tracelog.record_actuation(report)
         for listener in self.report_listeners:
@@ -187,6 +203,8 @@ class Station:
     def set_alarm(self, name: str, message: str | None) -> None:
         was = name in self.health.alarms()
         self.health.set_alarm(name, message)
+        if (message is not None) != was:
+            self.live.alarm_changed(name, message is not None)
         if self.tracelog is not None and (message is not None) != was:
             self.tracelog.event("ERROR" if message else "INFO", "alarm" if message else "alarm_cleared",
                                 f"{name}: {message}" if message else name)
@@ -258,6 +276,10 @@ class Station:
         cfg = self.config
         assert self.capture and self.worker and self.decision and self.deadline_watch and self.scheduler
         assert self.tracelog and self.reject_actuator
+        if self.control is not None:
+            # First: no settings reload may start while the stages stop.
+            self.control.stop()
+            self.control.join(timeout=2.0)
         log.info("stopping: capture first, then %d queued part(s)", self.frames.qsize())
         self.capture.stop()
         self.capture.join(timeout=5.0)
@@ -296,12 +318,13 @@ class Station:
 
     def threads(self) -> list[threading.Thread]:
         return [t for t in (self.capture, self.worker, self.deadline_watch, self.scheduler, self.tracelog,
-                            self._housekeeping) if t is not None]
+                            self._housekeeping, self.control) if t is not None]
 
     def stages(self) -> dict[str, threading.Thread | None]:
         """The stage threads by the names the supervisor, the logs and `restart_stage` use."""
         return {"capture": self.capture, "inference": self.worker, "deadline": self.deadline_watch,
-                "scheduler": self.scheduler, "tracelog": self.tracelog, "housekeeping": self._housekeeping}
+                "scheduler": self.scheduler, "tracelog": self.tracelog, "housekeeping": self._housekeeping,
+                "control": self.control}
 
     def record_event(self, level: str, kind: str, message: str) -> None:
         """An event row in the trace log (reloads, supervisor actions) next to the parts it concerns."""
@@ -348,6 +371,8 @@ class Station:
             self.tracelog = new
         elif name == "housekeeping":
             new = self._housekeeping = self._new_housekeeping()
+        elif name == "control":
+            new = self.control = self._new_control()
         else:
             raise KeyError(name)
         new.start()

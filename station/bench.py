@@ -7,11 +7,14 @@ part forced to a reject with zero ejector delay so the actuator command follows 
 once: capture -> actuator command is then the true end-to-end latency. The log goes to a temporary
 folder. Figures are medians over the repeats of each run's p50/p99/max and parts/s.
 `--actuator KIND` instead benchmarks the pulse timing of one actuator kind (station.cli_bench_actuator).
+`--with-hmi` runs each repeat twice, without and with the operator HMI and a polling client beside the
+station (station.bench_hmi), and prints both side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import sys
@@ -19,7 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from station.cli_run import load_or_report, replay_camera_config
 from station.config_actuators import LogActuatorConfig
@@ -43,6 +46,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="inference backend to time (default: the YAML's model.backend)")
     p.add_argument("--keep-actuator", action="store_true",
                    help="use the YAML's reject actuator (default: the log actuator, to time the pipeline alone)")
+    p.add_argument("--with-hmi", action="store_true",
+                   help="compare each repeat without and with `station hmi` plus a client polling its pages, "
+                        "event stream and /metrics (at line speed: --rate, default line.max_parts_per_s); "
+                        "keeps the YAML's reject delay so pulse lateness is the real figure")
     from station.cli_bench_actuator import add_actuator_bench_arguments
 
     add_actuator_bench_arguments(p, required=False)  # --actuator KIND: pulse timing of one actuator instead
@@ -68,6 +75,10 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"bench: --backend {args.backend}: {exc}", file=sys.stderr)
             return 2
         loaded = dataclasses.replace(loaded, config=loaded.config.model_copy(update={"model": model}))
+    if args.with_hmi:
+        from station.bench_hmi import run_with_hmi
+
+        return run_with_hmi(args, loaded)
     runs = []
     for i in range(args.repeats):
         result = bench_once(loaded, parts=args.parts, frames=Path(args.frames) if args.frames else None,
@@ -80,22 +91,28 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_config(loaded: LoadedConfig, log_dir: Path, *, keep_actuator: bool) -> LoadedConfig:
+def bench_config(loaded: LoadedConfig, log_dir: Path, *, keep_actuator: bool, keep_delay: bool = False,
+                 control_socket: Path | None = None) -> LoadedConfig:
     cfg = loaded.config
     # model_copy skips validation on purpose: zero delay and a 60 s deadline are bench-only settings.
-    reject = cfg.reject.model_copy(update={"delay_ms": 0.0, "pulse_ms": 1.0, "late_tolerance_ms": 1e9,
+    delay = {} if keep_delay else {"delay_ms": 0.0}
+    reject = cfg.reject.model_copy(update={**delay, "pulse_ms": 1.0, "late_tolerance_ms": 1e9,
                                            **({} if keep_actuator else {"actuator": LogActuatorConfig()})})
     config = cfg.model_copy(update={
         "reject": reject,
         "alarm": cfg.alarm.model_copy(update={"actuator": None}),
         "decision": cfg.decision.model_copy(update={"threshold": 1e-12, "deadline_ms": 60_000.0}),
         "tracelog": cfg.tracelog.model_copy(update={"dir": log_dir, "images": "none"}),
+        "hmi": cfg.hmi.model_copy(update={"control_socket": control_socket}),
     })
     return LoadedConfig(config=config, path=loaded.path, sha256=loaded.sha256)
 
 
 def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_actuator: bool,
-               rate: float | None = None) -> dict | None:
+               rate: float | None = None, keep_delay: bool = False,
+               companion: Callable[[Path], contextlib.AbstractContextManager] | None = None) -> dict | None:
+    """One run. `companion(log_dir)`, when given, is entered before the station starts and left after it
+    stopped (the HMI and its client for `--with-hmi`); the station then serves its live-state socket."""
     # The station (torch, the cameras) is imported here, not at the top: building the CLI stays light.
     from station.app import Station
     from station.cameras.replay import ReplayCamera
@@ -114,8 +131,11 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
         with lock:
             reports[r.seq] = r
 
-    with tempfile.TemporaryDirectory(prefix="station-bench-") as tmp:
-        bl = bench_config(loaded, Path(tmp), keep_actuator=keep_actuator)
+    with tempfile.TemporaryDirectory(prefix="station-bench-") as tmp, contextlib.ExitStack() as beside:
+        bl = bench_config(loaded, Path(tmp), keep_actuator=keep_actuator, keep_delay=keep_delay,
+                          control_socket=Path(tmp) / "control.sock" if companion else None)
+        if companion is not None:
+            beside.enter_context(companion(Path(tmp)))
         if frames is not None:
             camera = ReplayCamera(replay_camera_config(bl, frames, rate=rate, fast=rate is None, limit=parts))
         else:
@@ -148,7 +168,9 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
                        "inference (preprocess + model)": percentiles(infer),
                        "capture -> verdict": percentiles(decide),
                        "verdict -> actuator command": percentiles(command),
-                       "capture -> actuator command": percentiles(e2e)}}
+                       "capture -> actuator command": percentiles(e2e),
+                       "pulse lateness (fired - due)": percentiles(
+                           [r.lateness_ms for r in reports.values() if r.lateness_ms is not None])}}
 
 
 def format_bench(runs: list[dict], *, parts: int, rate: float | None = None, backend: str | None = None) -> str:

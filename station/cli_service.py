@@ -4,7 +4,9 @@ It creates the `inspection-station` system user, writes `/etc/inspection-station
 from `config/station.yaml` with absolute paths (model under `/var/lib/inspection-station/models/`,
 trace log under `/var/log/inspection-station/`), copies and verifies the model, renders the unit
 into `/etc/systemd/system/` with the real path of the `station` command, and prints the systemctl
-commands to enable it. `--root DIR` installs into a staging root (packaging, tests) and never
+commands to enable it. The operator HMI's unit (`inspection-station-hmi.service`) is installed beside
+it, and the config folder is shared with the HMI's settings and users pages (group-writable for the
+service account, whose station unit still sees /etc read-only). `--root DIR` installs into a staging root (packaging, tests) and never
 touches users; `--dry-run` prints the actions only. An existing config is kept unless `--force`:
 the operator's edits survive a reinstall.
 """
@@ -27,6 +29,8 @@ from station.configfile import ConfigError, parse_config_text
 REPO = Path(__file__).resolve().parent.parent
 UNIT_NAME = "inspection-station.service"
 UNIT_SOURCE = REPO / "systemd" / UNIT_NAME
+HMI_UNIT_NAME = "inspection-station-hmi.service"
+HMI_UNIT_SOURCE = REPO / "systemd" / HMI_UNIT_NAME
 CONFIG_SOURCE = REPO / "config" / "station.yaml"
 DEFAULT_MODEL = REPO / "models" / "impeller-resnet18.pt"
 UNIT_STATION_BIN = "/opt/inspection-station/venv/bin/station"  # placeholder in the unit file
@@ -91,6 +95,10 @@ def set_yaml_value(text: str, dotted_key: str, value: str) -> str:
 def render_config(template: str, model_name: str) -> str:
     text = set_yaml_value(template, "model.path", str(STATE_DIR / "models" / model_name))
     text = set_yaml_value(text, "tracelog.dir", str(LOGS_DIR / "tracelog"))
+    try:
+        text = set_yaml_value(text, "hmi.state_dir", str(STATE_DIR / "hmi"))
+    except ValueError:
+        pass  # a template without an hmi: section: the schema default is relative, the HMI still works
     try:
         text = set_yaml_value(text, "camera.path", str(STATE_DIR / "frames"))
     except ValueError:
@@ -158,6 +166,13 @@ def plan(args: argparse.Namespace) -> tuple[list[Action], list[str]]:
     unit_dest = at(UNIT_DIR / UNIT_NAME)
     actions.append(Action(f"write unit {unit_dest} (ExecStart={station_bin} run ...)",
                           lambda: _write(unit_dest, unit_text, mode=0o644)))
+    hmi_unit_dest = at(UNIT_DIR / HMI_UNIT_NAME)
+    hmi_unit_text = render_unit(HMI_UNIT_SOURCE.read_text(encoding="utf-8"), station_bin)
+    actions.append(Action(f"write unit {hmi_unit_dest} (ExecStart={station_bin} hmi ...)",
+                          lambda: _write(hmi_unit_dest, hmi_unit_text, mode=0o644)))
+    actions.append(Action(f"share {at(CONFIG_DIR)} with the HMI's settings and users pages (group {USER}, "
+                          f"folder 2770, station.yaml 0660)",
+                          lambda: _share_config(at(CONFIG_DIR), config_dest, group=None if staging else USER)))
     return actions, warnings
 
 
@@ -169,6 +184,8 @@ def useradd_command() -> list[str]:
 NEXT_STEPS = f"""next steps:
   systemctl daemon-reload
   systemctl enable --now {UNIT_NAME}
+  station users -c {CONFIG_DIR / 'station.yaml'} add NAME --role admin   # the first HMI user (no default)
+  systemctl enable --now {HMI_UNIT_NAME}   # operator HMI: http://127.0.0.1:8080 on the line PC
   systemctl status {UNIT_NAME}
   journalctl -u {UNIT_NAME} -f          # the service log (alarms, reloads, summaries)
   systemctl reload {UNIT_NAME}          # after editing {CONFIG_DIR / 'station.yaml'}"""
@@ -220,6 +237,17 @@ def _copy(src: Path, dest: Path, *, mode: int) -> None:
     shutil.copyfile(src, tmp)
     tmp.chmod(mode)
     tmp.replace(dest)  # atomic: a running station never sees half a model file
+
+
+def _share_config(folder: Path, config: Path, *, group: str | None) -> None:
+    """The HMI (service account) writes station.yaml atomically and hmi-users.json: it needs the folder."""
+    if group is not None:
+        shutil.chown(folder, user="root", group=group)
+    folder.chmod(0o2770)  # setgid: files made there (the HMI's rewrites) keep the service group
+    if config.exists():
+        if group is not None:
+            shutil.chown(config, user="root", group=group)
+        config.chmod(0o660)
 
 
 def _write(dest: Path, text: str, *, mode: int, group: str | None = None) -> None:

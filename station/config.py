@@ -7,6 +7,7 @@ line numbers and printing errors is `station.configfile`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -140,6 +141,45 @@ class ServiceSection(_Strict):
                                     description="Window over which max_restarts is counted, s.")
 
 
+class HmiSection(_Strict):
+    """The operator web HMI (`station hmi`, its own process) and the station's live-state socket."""
+
+    listen: str = Field("127.0.0.1", min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:_-]+$",
+                        description="Address the HMI web server listens on: 127.0.0.1 = the line PC only; "
+                                    "0.0.0.0 = every network interface.")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port of the HMI web server.")
+    control_socket: Path | None = Field(
+        None, description="Unix socket on which the station serves its live state (status, alarm "
+                          "acknowledge, settings reload) to the HMI; null: no live channel.")
+    users_file: Path = Field(Path("hmi-users.json"),
+                             description="HMI users and their argon2 password hashes (`station users add`).")
+    state_dir: Path = Field(Path("../var/hmi"),
+                            description="Folder of the HMI's own files: reviews database and session key.")
+    session_hours: float = Field(12.0, gt=0, le=168, description="A login stays valid this long, h.")
+    login_max_failures: int = Field(5, ge=1, le=100,
+                                    description="Failed logins per user name or client address within "
+                                                "login_window_s before further attempts are refused.")
+    login_window_s: float = Field(300.0, ge=1, le=86_400, description="Window of the login rate limit, s.")
+    poll_ms: int = Field(200, ge=50, le=5000,
+                         description="How often the HMI asks the station for its live state, ms.")
+    shift_starts: list[str] = Field(["06:00", "14:00", "22:00"], min_length=1, max_length=24,
+                                    description="Local times (HH:MM) at which a shift starts; the live "
+                                                "page counts parts since the latest one.")
+    heatmaps: bool = Field(True, description="Compute Grad-CAM heat maps for rejects on demand in the HMI.")
+    secure_cookie: bool = Field(False, description="Send the session cookie over HTTPS only (set true "
+                                                   "when a TLS reverse proxy serves the HMI).")
+
+    @model_validator(mode="after")
+    def _shifts(self) -> HmiSection:
+        for value in self.shift_starts:
+            m = re.fullmatch(r"(\d{2}):(\d{2})", value)
+            if m is None or int(m.group(1)) > 23 or int(m.group(2)) > 59:
+                raise ValueError(f"hmi.shift_starts: {value!r} is not a time of day as HH:MM (00:00 to 23:59)")
+        if len(set(self.shift_starts)) != len(self.shift_starts):
+            raise ValueError("hmi.shift_starts: a shift start is given twice")
+        return self
+
+
 class StationConfig(_Strict):
     station: StationSection = Field(default_factory=StationSection)
     line: LineSection = Field(default_factory=LineSection)
@@ -152,6 +192,7 @@ class StationConfig(_Strict):
     queues: QueueSection = Field(default_factory=QueueSection)
     tracelog: TraceLogSection = Field(default_factory=TraceLogSection)
     service: ServiceSection = Field(default_factory=ServiceSection)
+    hmi: HmiSection = Field(default_factory=HmiSection)
 
     @model_validator(mode="after")
     def _timing_fits(self) -> StationConfig:
@@ -187,8 +228,11 @@ class StationConfig(_Strict):
         if isinstance(source, str) and "://" not in source and not source.startswith("/dev/") \
                 and not source.isdigit() and not Path(source).is_absolute():
             camera = camera.model_copy(update={"source": str(anchor(Path(source)))})
+        hmi = self.hmi.model_copy(update={
+            "control_socket": None if self.hmi.control_socket is None else anchor(self.hmi.control_socket),
+            "users_file": anchor(self.hmi.users_file), "state_dir": anchor(self.hmi.state_dir)})
         return self.model_copy(update={
-            "camera": camera,
+            "camera": camera, "hmi": hmi,
             "model": self.model.model_copy(update={"path": anchor(self.model.path)}),
             "tracelog": self.tracelog.model_copy(update={"dir": anchor(self.tracelog.dir)}),
         })

@@ -46,6 +46,7 @@ class LoadedConfig:
     config: StationConfig
     path: Path
     sha256: str
+    use: ConfigUse = ConfigUse.TOOL  # what it was loaded for: a live reload re-reads it the same way
 
 
 def _line_index(node: yaml.Node, prefix: tuple[str, ...], out: LineIndex) -> None:
@@ -122,4 +123,4 @@ def load_config(path: Path | str, *, use: ConfigUse = ConfigUse.TOOL) -> LoadedC
         raise ConfigError(path, [ConfigIssue(None, "<file>", "", f"not UTF-8 text: {exc}")]) from None
     base = path.resolve().parent
     config = parse_config_text(text, source=path, use=use, base=base).resolve_paths(base)
-    return LoadedConfig(config=config, path=path, sha256=hashlib.sha256(raw).hexdigest())
+    return LoadedConfig(config=config, path=path, sha256=hashlib.sha256(raw).hexdigest(), use=use)

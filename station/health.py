@@ -9,6 +9,7 @@ summary lines, `station replay` and `station bench`.
 from __future__ import annotations
 
 import logging
+import itertools
 import threading
 from collections import Counter, deque
 from typing import Callable
@@ -131,6 +132,22 @@ class Stats:
                 "infer_ms": percentiles(self.infer_ms),
                 "fire_lateness_ms": percentiles(self.lateness_ms),
             }
+
+    def counts(self) -> dict:
+        """The counters of `snapshot` without its percentiles (cheap; for the live-state channel)."""
+        with self._lock:
+            return {"parts": self.parts, "ok": self.decisions["ok"], "reject": self.decisions["reject"],
+                    "fail_safe": dict(self.fail_safe), "outcomes": dict(self.outcomes),
+                    "actuator": dict(self.actuator), "merged_pulses": self.merged_pulses}
+
+    def recent_percentiles(self, n: int = 1000) -> dict[str, dict[str, float | None]]:
+        """Latency percentiles over the last `n` parts only: cheap enough for the live-state channel, which
+        asks several times a second from inside the station process (the full window costs milliseconds)."""
+        with self._lock:
+            recent = {name: list(itertools.islice(reversed(values), n)) for name, values in
+                      (("decide_ms", self.decide_ms), ("infer_ms", self.infer_ms),
+                       ("fire_lateness_ms", self.lateness_ms))}
+        return {name: percentiles(values) for name, values in recent.items()}
 
     def line(self) -> str:
         s = self.snapshot()

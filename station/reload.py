@@ -57,7 +57,8 @@ def restart_only_changes(old: StationConfig, new: StationConfig) -> list[str]:
               ("tracelog.spill_reserve_mb", new.tracelog.spill_reserve_mb != old.tracelog.spill_reserve_mb),
               ("station.id", new.station.id != old.station.id),
               ("reject.actuator.kind", new.reject.actuator.kind != old.reject.actuator.kind),
-              ("alarm.actuator", _kind(new.alarm.actuator) != _kind(old.alarm.actuator)))
+              ("alarm.actuator", _kind(new.alarm.actuator) != _kind(old.alarm.actuator)),
+              ("hmi.control_socket", new.hmi.control_socket != old.hmi.control_socket))
     return [key for key, changed in checks if changed]
 
 
@@ -70,7 +71,8 @@ def effective_config(old: StationConfig, new: StationConfig, needs_restart: list
         "station": new.station.model_copy(update={"id": old.station.id}),
         "tracelog": new.tracelog.model_copy(update={"dir": old.tracelog.dir,
                                                     "spill_reserve_mb": old.tracelog.spill_reserve_mb}),
-        "reject": reject, "alarm": old.alarm if "alarm.actuator" in needs_restart else new.alarm})
+        "reject": reject, "alarm": old.alarm if "alarm.actuator" in needs_restart else new.alarm,
+        "hmi": new.hmi.model_copy(update={"control_socket": old.hmi.control_socket})})
 
 
 def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:

@@ -7,7 +7,8 @@ out at half of `$WATCHDOG_USEC` only while every stage is alive and moving, so a
 process restarted by systemd. STATUS= carries a one-line health summary. SIGTERM/SIGINT stop the
 station in order (STOPPING=1, exit 0 when every stage thread has ended); SIGHUP re-reads and
 validates the YAML and applies it live (RELOADING=1 ... READY=1); a reload that fails changes
-nothing and says why in the service log and in the trace log's events.
+nothing and says why in the service log and in the trace log's events. A reload asked for by the
+HMI's settings page (over the live-state socket) takes the same path, one reload at a time.
 Under journald (`$JOURNAL_STREAM` names our stderr) each log line carries its syslog priority.
 """
 
@@ -95,6 +96,7 @@ class StationService:
         self.reload_requested = threading.Event()
         self._wake = threading.Event()
         self._last_status = ""
+        self._reload_lock = threading.Lock()  # SIGHUP (main loop) and the HMI (control thread) never overlap
         self._next_status = 0.0
         self._next_ping = 0.0
 
@@ -142,6 +144,7 @@ class StationService:
                  f"{self.notifier.watchdog_s:g} s" if self.notifier.watchdog_s else "off")
         self.notifier.status(f"starting: loading model {cfg.model.path.name}")
         station = self.station = self.station_factory(self.loaded)
+        station.live.reload_hook = self.reload_for_hmi
         try:
             station.start()
         except ModelArtifactError as exc:
@@ -249,8 +252,28 @@ class StationService:
         sup = f"; {self.supervisor.summary()}" if self.supervisor is not None else ""
         return f"{phase}: {station.stats.line()}; {station.health.summary()}{sup}"
 
+    def reload_for_hmi(self, user: str, changes: list[dict]) -> dict:
+        """The HMI's settings page: the SIGHUP reload, run in the control thread, naming the user."""
+        station = self.station
+        assert station is not None
+        with self._reload_lock:
+            self.notifier.reloading(f"reloading {self.loaded.path} (settings changed by {user} in the HMI)")
+            answer = station.live.reload_in_station(user, changes)
+            if answer["ok"]:
+                self.loaded = station.loaded
+                if self.supervisor is not None:
+                    self.supervisor.update_limits(station.config.service)
+                self.notifier.ready(self.status_line("running"))
+            else:
+                self.notifier.ready(self.status_line(f"running (last reload failed: {answer['error']})"))
+        return answer
+
     def reload(self) -> bool:
         """SIGHUP: re-read and validate the YAML, apply what can change live. False: nothing changed."""
+        with self._reload_lock:
+            return self._reload()
+
+    def _reload(self) -> bool:
         station = self.station
         assert station is not None and self.supervisor is not None
         path = self.loaded.path

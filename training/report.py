@@ -1,4 +1,5 @@
-"""The evaluation report: confusion matrices, ROC/PR curves, threshold table, sample grid, Grad-CAM.
+"""The evaluation report: confusion matrices, ROC/PR curves, threshold table, sample grid, Grad-CAM
+(`station.gradcam`, shared with the HMI).
 
 Everything goes to one report folder with a `report.md` that embeds the images, escapes first.
 The PNGs of test images (sample grid, Grad-CAM overlays) are derived from the dataset's images, so
@@ -17,12 +18,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
-from torch import nn  # noqa: E402
 
 from station.artifact import LoadedArtifact  # noqa: E402
+from station.gradcam import grad_cam  # noqa: E402,F401  (re-exported: training.report.grad_cam)
 from training.data import Sample  # noqa: E402
 from training.threshold import threshold_table  # noqa: E402
 
@@ -31,35 +31,6 @@ log = logging.getLogger("training.report")
 REPORT_FILES = ("report.md", "metrics.json", "confusion_test_full.png", "confusion_test_dedup.png",
                 "confusion.txt", "classification_report.txt", "roc.png", "pr.png", "threshold_table.md",
                 "threshold_table.csv", "sample_grid.png", "scores.npz")
-
-
-def grad_cam(model: nn.Module, image: torch.Tensor, target_index: int) -> np.ndarray:
-    """Grad-CAM heat map (HxW of the input, 0..1) for one CHW input and one output class."""
-    layer = getattr(model, "layer4", None)
-    if layer is None:
-        layer = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-        store["act"] = output
-        output.register_hook(lambda grad: store.__setitem__("grad", grad))
-
-    handle = layer.register_forward_hook(keep)
-    try:
-        model.eval()
-        with torch.enable_grad():
-            x = image.unsqueeze(0).float().requires_grad_(True)
-            logits = model(x)
-            model.zero_grad(set_to_none=True)
-            logits[0, target_index].backward()
-    finally:
-        handle.remove()
-    weights = store["grad"].mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * store["act"]).sum(dim=1))[0].detach()
-    cam = torch.nn.functional.interpolate(cam[None, None], size=image.shape[1:], mode="bilinear",
-                                          align_corners=False)[0, 0]
-    cam = cam - cam.min()
-    return (cam / cam.max()).numpy() if float(cam.max()) > 0 else cam.numpy()
 
 
 def _confusion_png(path: Path, confusion: list[list[int]], title: str) -> None:

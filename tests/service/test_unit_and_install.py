@@ -16,6 +16,7 @@ from support import REPO, make_tiny_model, require_component
 from station.configfile import load_config
 
 UNIT = REPO / "systemd" / "inspection-station.service"
+HMI_UNIT = REPO / "systemd" / "inspection-station-hmi.service"
 PLACEHOLDER = "/opt/inspection-station/venv/bin/station"
 
 
@@ -92,10 +93,36 @@ def test_unit_has_the_directives_the_plant_relies_on():
 
 
 def test_every_unit_line_says_why():
-    lines = UNIT.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if line and not line.startswith(("#", "[")):
-            assert lines[i - 1].startswith("#"), f"line {i + 1} ({line}) has no comment above it"
+    for unit in (UNIT, HMI_UNIT):
+        lines = unit.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if line and not line.startswith(("#", "[")):
+                assert lines[i - 1].startswith("#"), f"{unit.name} line {i + 1} ({line}) has no comment above it"
+
+
+def test_systemd_analyze_verify_accepts_the_hmi_unit(tmp_path):
+    rendered = tmp_path / "inspection-station-hmi.service"
+    rendered.write_text(HMI_UNIT.read_text().replace(PLACEHOLDER, str(station_bin())))
+    rc, complaints = verify(rendered)
+    assert rc == 0 and complaints == [], complaints
+
+
+def test_hmi_unit_is_hardened_and_ranks_below_the_station():
+    values: dict[str, list[str]] = {}
+    for _, key, value in directives(HMI_UNIT.read_text()):
+        values.setdefault(key, []).append(value)
+    one = {k: v[0] for k, v in values.items()}
+    assert one["ExecStart"] == f"{PLACEHOLDER} hmi -c /etc/inspection-station/station.yaml"
+    assert one["ExecStartPre"] == f"{PLACEHOLDER} check-config /etc/inspection-station/station.yaml"
+    assert one["User"] == "inspection-station" and one["Restart"] == "on-failure"
+    assert one["ProtectSystem"] == "strict" and one["ProtectHome"] == "true" and one["NoNewPrivileges"] == "true"
+    assert one["PrivateDevices"] == "true" and one["CapabilityBoundingSet"] == ""
+    assert int(one["Nice"]) > 0 and int(one["CPUWeight"]) < 100, "the HMI must yield the CPU to the station"
+    assert one["ReadWritePaths"] == "/etc/inspection-station"
+    assert "inspection-station.service" in one["After"] and "Requires" not in one, "the HMI runs without the station"
+    station = {k: v for _, k, v in directives(UNIT.read_text())}
+    # The live-state socket's folder: made by the station's unit and kept across its restarts.
+    assert station["RuntimeDirectory"] == "inspection-station" and station["RuntimeDirectoryPreserve"] == "yes"
 
 
 # ---- station install -------------------------------------------------------------------------------------
@@ -120,7 +147,14 @@ def test_install_into_a_staging_root(tmp_path):
     assert loaded.model.path == Path("/var/lib/inspection-station/models/impeller-test.pt")
     assert loaded.tracelog.dir == Path("/var/log/inspection-station/tracelog")
     assert config.read_text().count("#") == (REPO / "config/station.yaml").read_text().count("#")
-    assert oct(config.stat().st_mode & 0o777) == "0o640"
+    # Group-writable for the HMI's settings page (the station's own unit sees /etc read-only).
+    assert oct(config.stat().st_mode & 0o777) == "0o660"
+    assert oct(config.parent.stat().st_mode & 0o7777) == "0o2770"
+    hmi_unit = root / "etc/systemd/system/inspection-station-hmi.service"
+    assert f"ExecStart={station_bin()} hmi -c /etc/inspection-station/station.yaml" in hmi_unit.read_text()
+    assert loaded.hmi.state_dir == Path("/var/lib/inspection-station/hmi")
+    assert loaded.hmi.control_socket == Path("/run/inspection-station/control.sock")
+    assert "systemctl enable --now inspection-station-hmi.service" in result.stdout
     assert "systemctl enable --now inspection-station.service" in result.stdout
     assert "journalctl -u inspection-station.service" in result.stdout
     rc, complaints = verify(unit)
