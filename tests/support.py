@@ -70,7 +70,8 @@ def own_pulse_rows(rows) -> list:
     so the device sees one on-edge for both. The device's on-edge count must match these rows."""
     from station.records import MERGED_NOTE
 
-    return [r for r in rows if r["actuator_result"] in ("acknowledged", "late") and r["actuator_error"] != MERGED_NOTE]
+    return [r for r in rows if r["actuator_result"] in ("acknowledged", "late")
+            and not (r["actuator_error"] or "").startswith(MERGED_NOTE)]
 
 
 def run_to_end(loaded, *, timeout_s: float = 120.0, **station_kwargs):

@@ -106,6 +106,7 @@ class PlcHandshake(Actuator):
         self.name = name
         self.link: ModbusLink = rtu_link(config.link) if isinstance(config.link, ModbusRtuLinkConfig) \
             else tcp_link(config.link)
+        self.retry_interval_s = self.link.backoff.busy_s
         self.heartbeat = 0
         self.alarm_code = ALARM_NONE
         self.parts_seen = 0
@@ -140,12 +141,29 @@ class PlcHandshake(Actuator):
 
     # ---- the Actuator interface ---------------------------------------------------------------------
     def open(self) -> None:
+        self._open(ready=1)
+
+    def open_safe(self) -> None:
+        """Connect and tell the PLC the station is not deciding yet (READY = 0, heartbeat running), so a
+        restart after a crash shows the PLC a live but not-ready station until `mark_ready()`."""
+        self._open(ready=0)
+
+    def mark_ready(self) -> None:
+        """READY = 1 from the next heartbeat on (within heartbeat_ms)."""
         self._ready = 1
-        self.heartbeat = 0
-        self._stop.clear()
-        # The heartbeat runs even when the PLC is down at start: it is what reconnects.
-        self._thread = threading.Thread(target=self._heartbeat_loop, name=f"{self.name}-plc-heartbeat", daemon=True)
-        self._thread.start()
+
+    def link_wait_s(self, *, busy: bool) -> float:
+        return 0.0 if self.link.connected else self.link.backoff.wait_s(busy=busy)
+
+    def _open(self, *, ready: int) -> None:
+        self._ready = ready
+        if self._thread is None or not self._thread.is_alive():
+            self.heartbeat = 0
+            self._stop.clear()
+            # The heartbeat runs even when the PLC is down at start: it is what reconnects.
+            self._thread = threading.Thread(target=self._heartbeat_loop, name=f"{self.name}-plc-heartbeat",
+                                            daemon=True)
+            self._thread.start()
         with self.lock:
             self.link.connect()
             self._write_status()
