@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from station.records import ActuationReport, Frame, Prediction, Verdict
 from station.tracelog_images import ImageStore, is_disk_full
+from station.tracelog_recovery import WriterLock, mark_crashed_runs
 
 log = logging.getLogger("station.tracelog")
 
@@ -130,6 +131,8 @@ class TraceLog(threading.Thread):
         self.rows_written = 0
         self.write_errors = 0
         self.unwritten = 0  # records that only reached the service log (disk never recovered)
+        self.writer_lock = WriterLock(self.directory)
+        self.recovered = False  # unfinished runs of earlier processes checked (once per run)
 
     # ---- called from other threads -------------------------------------------------------------
     def next_seq(self) -> int:
@@ -160,6 +163,7 @@ class TraceLog(threading.Thread):
         self._queue, self._backlog = old._queue, old._backlog  # the same queue: later records follow in order
         self.rows_written, self.write_errors = old.rows_written, old.write_errors
         self.images = old.images
+        self.writer_lock, self.recovered = old.writer_lock, old.recovered
         if old._conn is not None:
             try:
                 old._conn.close()
@@ -181,6 +185,10 @@ class TraceLog(threading.Thread):
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._conn = open_db(self.db_path)
+            if not self.recovered:
+                if self.writer_lock.acquire():  # never mark the live run of another process
+                    mark_crashed_runs(self._conn, current_run_id=self.run_info.run_id)
+                self.recovered = True
             self._conn.execute(
                 "INSERT OR IGNORE INTO runs(run_id, started_at, station_id, config_sha256, model_id) "
                 "VALUES (?,?,?,?,?)",
@@ -227,6 +235,7 @@ class TraceLog(threading.Thread):
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
+                self.writer_lock.release()
                 return
 
     def _flush(self) -> None:

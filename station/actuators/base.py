@@ -112,6 +112,10 @@ class Actuator(ABC):
     def mark_ready(self) -> None:
         """The station now decides parts (handshake actuators tell the PLC; outputs have nothing to do)."""
 
+    def release(self) -> None:
+        """Let go of the device without writing to it (after `open_safe()` by a caller that hands the output
+        on to another owner); `close()` is the one that drives the output off."""
+
     def link_wait_s(self, *, busy: bool) -> float:
         """Seconds until a command may try to reconnect a link that is down (0: the link is up or an
         attempt may go out now). `busy`: something is waiting to be sent (see `Backoff`)."""
@@ -227,6 +231,10 @@ class SwitchedOutput(Actuator):
             else:
                 self.counters["off_retry_ok"] += 1
                 log.warning("%s: output switched off after retrying", self.describe())
+
+    def release(self) -> None:
+        self._disconnect()
+        self.connected = False
 
     def close(self) -> None:
         for attempt in range(self.close_attempts):

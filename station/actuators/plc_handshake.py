@@ -215,13 +215,22 @@ class PlcHandshake(Actuator):
             finally:
                 self.lock.release()
 
-    def close(self) -> None:
+    def _stop_heartbeat(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             if self._thread.is_alive():
                 log.error("%s: heartbeat thread did not stop", self.describe())
             self._thread = None
+
+    def release(self) -> None:
+        self._stop_heartbeat()
+        with self.lock:
+            self.link.drop()
+            self.connected = False
+
+    def close(self) -> None:
+        self._stop_heartbeat()
         with self.lock:
             self._ready = 0
             try:
