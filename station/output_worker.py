@@ -268,7 +268,6 @@ class OutputWorker(threading.Thread):
         self._emit(reports)
 
     def _failed(self, kind: str, arg: object, exc: ActuatorError, *, sent_ns: int) -> None:
-        self.actuator.note_failure(exc)
         self.failures += 1
         now = time.monotonic_ns()
         reports: list[ActuationReport] = []

@@ -129,9 +129,6 @@ class Actuator(ABC):
         """Hand one part's verdict to a device that owns reject timing (handshake actuators only)."""
         raise NotImplementedError(f"{self.kind} does not take verdicts")
 
-    def tick(self) -> None:
-        """Periodic housekeeping (heartbeats), called about every 100 ms by the station."""
-
     @abstractmethod
     def close(self) -> None:
         """Drive the output off (best effort, errors logged) and release the device."""
@@ -145,12 +142,13 @@ class Actuator(ABC):
 
 
 class SwitchedOutput(Actuator):
-    """An on/off output (coil, relay) that is never knowingly left on.
+    """An on/off output (coil, relay): blocking writes through a transport with a reconnect backoff.
 
-    Subclasses provide `_connect()`, `_write(on)` and `_disconnect()`. `open()` drives the output off;
-    an off that fails sets `off_pending`, and every `tick()` retries it (through the reconnect backoff)
-    until it succeeds, on top of whatever retries the caller makes; `close()` tries the off even while
-    the backoff would wait. `output_may_be_on` is what a health check should alarm on.
+    Subclasses provide `_connect()`, `_write(on)`, `_disconnect()`, `_link_up()` and `_backoff()`.
+    `state` is what the device last confirmed (None: unknown, after a failed write). Retrying an off
+    that failed, and sending no on before that off is confirmed, is the policy of the station's
+    output worker (`station.output_worker`), which owns the device while the station runs;
+    `close()` makes its own attempts to leave the output off.
     """
 
     close_attempts = 2
@@ -158,7 +156,6 @@ class SwitchedOutput(Actuator):
     def __init__(self) -> None:
         super().__init__()
         self.state: bool | None = None  # last state the device confirmed; None: unknown
-        self.off_pending = False
 
     @abstractmethod
     def _connect(self) -> None:
@@ -183,13 +180,7 @@ class SwitchedOutput(Actuator):
     def link_wait_s(self, *, busy: bool) -> float:
         return 0.0 if self._link_up() else self._backoff().wait_s(busy=busy)
 
-    @property
-    def output_may_be_on(self) -> bool:
-        return self.off_pending or self.state is not False
-
     def open(self) -> None:
-        # Until an off is confirmed the output counts as possibly on, so tick() keeps trying.
-        self.off_pending = True
         try:
             self._connect()
         except ActuatorError as exc:
@@ -199,38 +190,16 @@ class SwitchedOutput(Actuator):
         self.set_output(False)
 
     def set_output(self, on: bool) -> None:
-        if on:
-            # The caller wants it on now (and owns switching it off again): a retry from tick() must not
-            # cut that pulse short or switch an alarm lamp off, even if this on fails.
-            self.off_pending = False
         try:
             self._write(on)
         except ActuatorError as exc:
             self.note_failure(exc)
             self.connected = self._link_up()
             self.state = None
-            if not on:
-                self.off_pending = True
-                log.error("%s: output could not be switched off (will retry): %s", self.describe(), exc)
             raise
         self.connected = True
         self.state = on
-        self.off_pending = False
         self.counters["on" if on else "off"] += 1
-
-    def tick(self) -> None:
-        if not self.off_pending:
-            return
-        with self.lock:
-            if not self.off_pending:
-                return
-            try:
-                self.set_output(False)
-            except ActuatorError:
-                self.counters["off_retry_failed"] += 1
-            else:
-                self.counters["off_retry_ok"] += 1
-                log.warning("%s: output switched off after retrying", self.describe())
 
     def release(self) -> None:
         self._disconnect()

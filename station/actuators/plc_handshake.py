@@ -188,9 +188,6 @@ class PlcHandshake(Actuator):
         """Used as an alarm output: on = ALARM_CODE 1 (station unhealthy), off = 0."""
         self.set_alarm_code(ALARM_STATION_UNHEALTHY if on else ALARM_NONE)
 
-    def tick(self) -> None:
-        """Nothing: the heartbeat has its own thread so its period does not depend on the caller."""
-
     def _heartbeat_loop(self) -> None:
         period_s = self.config.heartbeat_ms / 1000.0
         next_t = time.monotonic() + period_s

@@ -8,51 +8,20 @@ from __future__ import annotations
 import time
 
 from delay_proxy import DelayProxy
+from support import RejectOutput, reject_verdict
 
-from station.actuators import build_actuator
 from station.actuators.sim_server import start_sim_server
-from station.config_actuators import ModbusTcpActuatorConfig
-from station.output_worker import OutputWorker
-from station.records import ActuatorResult, Decision, Reason, Verdict
+from station.records import ActuatorResult
 from station.reply_monitor import SlowReplyMonitor
-from station.scheduler import RejectScheduler
 
 COIL = 2
 PULSE_MS = 20.0
 DELAY_MS = 50.0
+verdict = reject_verdict
 
 
-def verdict(seq: int, t_capture_ns: int) -> Verdict:
-    return Verdict(seq=seq, decision=Decision.REJECT, reason=Reason.MODEL, p_defect=0.9, threshold=0.5,
-                   t_capture_ns=t_capture_ns, t_decided_ns=t_capture_ns, wall_time=time.time(), source="test")
-
-
-class Output:
-    """A reject output as the station runs it: the device's worker thread and the scheduler in front of it."""
-
-    def __init__(self, port: int, *, role: str = "reject", coil: int = COIL, **config: object) -> None:
-        cfg = ModbusTcpActuatorConfig(host="127.0.0.1", port=port, coil=coil, timeout_ms=300, **config)
-        self.reports: list = []
-        self.alarms: list[tuple[str, str | None]] = []
-        self.worker = OutputWorker(build_actuator(cfg), role=role, pulse_ms=PULSE_MS, late_tolerance_ms=5,
-                                   plc_slow_clear_after=3, on_report=self.reports.append,
-                                   on_alarm=lambda name, msg: self.alarms.append((name, msg)))
-        self.scheduler = RejectScheduler(self.worker, delay_ms=DELAY_MS)
-        self.worker.start()
-        self.scheduler.start()
-        assert self.worker.wait_opened(5)
-
-    def close(self) -> None:
-        self.scheduler.drain(5)
-        self.scheduler.stop()
-        self.scheduler.join(5)
-        self.worker.stop()
-        self.worker.join(5)
-        with self.worker.actuator.lock:
-            self.worker.actuator.close()
-
-    def raised(self, name: str) -> list[str | None]:
-        return [msg for n, msg in self.alarms if n == name]
+def output(port: int, *, role: str = "reject", coil: int = COIL) -> RejectOutput:
+    return RejectOutput(port, role=role, coil=coil, pulse_ms=PULSE_MS, delay_ms=DELAY_MS)
 
 
 def sleep_until(t_ns: int) -> None:
@@ -60,7 +29,7 @@ def sleep_until(t_ns: int) -> None:
 
 
 def test_a_late_on_still_gives_a_full_width_pulse(sim_plc):
-    out = Output(sim_plc.port)
+    out = output(sim_plc.port)
     try:
         t0 = time.monotonic_ns() + 50_000_000
         for seq in range(1, 9):
@@ -86,8 +55,8 @@ def test_a_late_on_still_gives_a_full_width_pulse(sim_plc):
 def test_a_slow_reject_plc_delays_neither_the_scheduler_nor_the_alarm_lamp(sim_plc):
     lamp_plc = start_sim_server("127.0.0.1", 0)
     proxy = DelayProxy(sim_plc.port, hold_ms=150).start()
-    reject = Output(proxy.port)
-    lamp = Output(lamp_plc.port, role="alarm", coil=7)
+    reject = output(proxy.port)
+    lamp = output(lamp_plc.port, role="alarm", coil=7)
     try:
         now = time.monotonic_ns()
         for seq in range(1, 11):  # 20 parts/s, each due 50 ms after capture
@@ -117,7 +86,7 @@ def test_a_slow_reject_plc_delays_neither_the_scheduler_nor_the_alarm_lamp(sim_p
 def test_device_error_replies_are_told_apart_from_transport_faults_and_the_output_goes_off_first(sim_plc):
     from pymodbus.constants import ExcCodes
 
-    out = Output(sim_plc.port)
+    out = output(sim_plc.port)
     port = sim_plc.port
     try:
         accepted_before = len(sim_plc.coil_events)
