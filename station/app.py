@@ -120,10 +120,10 @@ class Station:
         self.scheduler.start()
         self.deadline_watch.start()
         self.worker.start()
+        self.reject_worker.mark_ready()  # queued ahead of the first part's verdict
         self.capture.start()
         self._housekeeping = self._new_housekeeping()
         self._housekeeping.start()
-        self.reject_worker.mark_ready()
         self.started = True
         log.info("station %s started: run %s, model %s (threshold %g), camera %s, reject via %s",
                  cfg.station.id, self.run_id, self.classifier.describe(), threshold, self.camera.describe(),

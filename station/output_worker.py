@@ -68,6 +68,7 @@ class OutputWorker(threading.Thread):
         self._level_wanted: bool | None = None
         self._level_state: bool | None = None
         self._open_needed = not opened
+        self._ready_pending = False
         self._pulsed = role == "reject" and not actuator.owns_timing  # the book drives this output
         self._in_flight: list[PartDue] = []          # the parts an on being sent is for
         self._verdict_in_flight: VerdictCommand | None = None
@@ -108,8 +109,10 @@ class OutputWorker(threading.Thread):
                 self.slow.update(tolerance_ns=self.book.tolerance_ns, clear_after=plc_slow_clear_after)
 
     def mark_ready(self) -> None:
-        """The station decides parts now (a handshake PLC sees READY = 1 with the next heartbeat)."""
-        self.actuator.mark_ready()
+        """The station decides parts now: a handshake PLC is told (READY = 1) before any verdict that follows."""
+        with self._cond:
+            self._ready_pending = True
+            self._cond.notify()
 
     @property
     def pending(self) -> int:
@@ -192,6 +195,9 @@ class OutputWorker(threading.Thread):
         """The next command to send, or (None, when to look again). Called holding the condition."""
         if self._open_needed:
             return ("open",), None
+        if self._ready_pending:
+            self._ready_pending = False  # one write; the handshake's heartbeat repeats it anyway
+            return ("ready",), None
         while self._verdicts and self._verdicts[0].deadline_ns < now:
             reports.append(self._expired(self._verdicts.popleft()))
         if self._verdicts:
@@ -226,6 +232,8 @@ class OutputWorker(threading.Thread):
             with self.actuator.lock:
                 if kind == "open":
                     self.actuator.open_safe()
+                elif kind == "ready":
+                    self.actuator.mark_ready()
                 elif kind == "verdict":
                     assert isinstance(arg, VerdictCommand)
                     self.actuator.send_verdict(arg.verdict)
@@ -262,7 +270,7 @@ class OutputWorker(threading.Thread):
         if kind == "off" and self._maybe_on:
             self._maybe_on = False
             self.on_alarm("reject_output_stuck", None)
-        if self.slow is not None and kind != "open":
+        if self.slow is not None and kind not in ("open", "ready"):
             self.slow.reply(ack_ns - sent_ns)
         self.on_alarm(self.fail_alarm, None)
         self._emit(reports)

@@ -110,7 +110,7 @@ class Actuator(ABC):
         self.open()
 
     def mark_ready(self) -> None:
-        """The station now decides parts (handshake actuators tell the PLC; outputs have nothing to do)."""
+        """The station now decides parts (a handshake tells the PLC, I/O; outputs have nothing to do)."""
 
     def release(self) -> None:
         """Let go of the device without writing to it (after `open_safe()` by a caller that hands the output

@@ -149,8 +149,9 @@ class PlcHandshake(Actuator):
         self._open(ready=0)
 
     def mark_ready(self) -> None:
-        """READY = 1 from the next heartbeat on (within heartbeat_ms)."""
+        """READY = 1, written now; every heartbeat repeats it (so a failed write is repaired within heartbeat_ms)."""
         self._ready = 1
+        self._write_status()
 
     def link_wait_s(self, *, busy: bool) -> float:
         return 0.0 if self.link.connected else self.link.backoff.wait_s(busy=busy)

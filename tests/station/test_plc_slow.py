@@ -151,3 +151,6 @@ def test_plc_turning_slower_than_the_timeout_mid_run_never_leaves_the_coil_on(tm
     assert on_ms <= 0.2 * (end_ns - slow_from_ns) / 1e6, f"coil on {on_ms:.0f} ms while the PLC was slow"
     assert not sim_plc.coil(COIL)
     assert {"reject_actuator", "reject_output_stuck"} <= set(alarms_raised(db))
+    results = sorted({r["actuator_result"] for r in after})
+    print(f"\nPLC slower than the timeout: longest coil-on {longest_on_ms(timeline, end_ns):.0f} ms, coil on "
+          f"{on_ms:.0f} of {(end_ns - slow_from_ns) / 1e6:.0f} ms while slow; rows due after: {results}")
