@@ -1,10 +1,8 @@
 """The `Station`: builds every stage from the config, starts them in order and stops them in order.
 
-Start: every output driven to its safe state first (reject coil off, PLC handshake READY = 0), each by
-its own output worker thread, before the model loads (a crash may have left the ejector on; loading
-takes seconds) -> model (refuses to start on a bad model) -> trace log (marks a run that crashed) ->
-reject scheduler, deadline watch, inference worker -> camera capture -> READY to the PLC. A PLC that
-is down is an alarm, not a failure. Stop: capture first, then every part in flight is scored or
+Start: every output to its safe state (its own worker thread; a PLC that is down is an alarm, not a
+failure) -> model (refuses to start on a bad model) -> trace log -> reject scheduler, deadline watch,
+inference worker -> camera capture. Stop: capture first, then every part in flight is scored or
 failed safe, every scheduled pulse fires, outputs are switched off, and the trace log is flushed and
 closed; no thread is left.
 While running, the service's supervisor may `restart_stage` a stage thread that died (a fresh thread
@@ -83,9 +81,7 @@ class Station:
 
     def _start(self) -> None:
         cfg = self.config
-        # Outputs first: a station killed mid-pulse may have left the ejector on, and loading the model
-        # (and converting it for onnxruntime) takes seconds.
-        self._start_outputs()
+        self._start_outputs()  # first: a killed station may have left the ejector on; a model loads for seconds
         if self.classifier is None:
             log.info("loading model %s", cfg.model.path)
             self.classifier = Classifier.from_config(cfg.model)
@@ -139,26 +135,23 @@ class Station:
             self.alarm_actuator = build_actuator(cfg.alarm.actuator, name="alarm")
             self.alarm_worker = self._new_output_worker(self.alarm_actuator, "alarm")
             self.alarm_worker.start()
-        for worker in (self.reject_worker, self.alarm_worker):
-            if worker is None:
-                continue
+        for worker in (w for w in (self.reject_worker, self.alarm_worker) if w is not None):
             if not worker.wait_opened(_OPEN_WAIT_S):
                 log.error("%s output %s: no answer within %g s at start; going on, its worker keeps trying",
                           worker.role, worker.actuator.describe(), _OPEN_WAIT_S)
-            elif worker.actuator.connected:
-                log.info("%s output %s driven to its safe state (off) at start", worker.role,
-                         worker.actuator.describe())
 
     def _abort_start(self) -> None:
         """Start-up failed (e.g. a bad model): leave nothing running and every output off."""
-        for worker in (self.reject_worker, self.alarm_worker):
-            if worker is not None and worker.is_alive():
-                worker.stop()
-                worker.join(timeout=5.0)
-        for actuator in (self.reject_actuator, self.alarm_actuator):
-            if actuator is not None:
-                with actuator.lock:
-                    actuator.close()
+        self._stop_outputs()
+
+    def _stop_outputs(self) -> None:
+        """Stop the output workers, then close each output (drives it off) from this thread."""
+        for worker in (w for w in (self.reject_worker, self.alarm_worker) if w is not None and w.is_alive()):
+            worker.stop()
+            worker.join(timeout=5.0)
+        for actuator in (a for a in (self.reject_actuator, self.alarm_actuator) if a is not None):
+            with actuator.lock:
+                actuator.close()
 
     # ---- stage factories (start, and the supervisor's restarts) ------------------------------------
     def _new_scheduler(self, worker: OutputWorker) -> RejectScheduler:
@@ -315,14 +308,7 @@ class Station:
         self._stop_housekeeping.set()
         if self._housekeeping is not None:
             self._housekeeping.join(timeout=2.0)
-        for worker in (self.reject_worker, self.alarm_worker):
-            if worker is not None:
-                worker.stop()
-                worker.join(timeout=5.0)
-        for actuator in (self.reject_actuator, self.alarm_actuator):
-            if actuator is not None:
-                with actuator.lock:
-                    actuator.close()
+        self._stop_outputs()
         summary = self.stats.snapshot()
         summary["model"] = self.classifier.describe() if self.classifier else None
         summary["camera"] = dict(self.camera.counters) if self.camera else {}

@@ -169,6 +169,9 @@ def _bench(actuator: Actuator, sim: Any, *, pulses: int, pulse_ns: int, gap_ns: 
     if not actuator.owns_timing:
         out["scheduler_handoff_ms"] = percentiles(list(scheduler.handoff_lateness_ms))
     if sim is not None:
+        if not actuator.owns_timing:  # one on-edge per part that sent its own on: pair the edges with those
+            dues = [dues[r.seq] for r in sorted(reports, key=lambda r: r.seq)
+                    if r.sent_ns is not None and not r.merged]
         out.update(_server_side(actuator, sim, dues, events_before, pulse_ns))
     return out
 
