@@ -1,11 +1,11 @@
 """The `Station`: builds every stage from the config, starts them in order and stops them in order.
 
-Start: trace log -> model (refuses to start on a bad model) -> actuators (a PLC that is down is an
-alarm, not a failure) -> reject scheduler, deadline watch, inference worker -> camera capture.
-The live-state socket for the HMI (`station.control`, when `hmi.control_socket` is set) starts last
-and stops first. Stop: capture first, then every part in flight is scored or failed safe, every
-scheduled pulse fires, outputs are switched off, and the trace log is flushed and closed; no thread
-is left.
+Start: every output to its safe state (its own worker thread; a PLC that is down is an alarm, not a
+failure) -> model (refuses to start on a bad model) -> trace log -> reject scheduler, deadline watch,
+inference worker -> camera capture; the live-state socket for the HMI (`station.control`, when
+`hmi.control_socket` is set) starts last and stops first. Stop: capture first, then every part in
+flight is scored or failed safe, every scheduled pulse fires, outputs are switched off, and the trace
+log is flushed and closed; no thread is left.
 While running, the service's supervisor may `restart_stage` a stage thread that died (a fresh thread
 from the same factory, on the same queues and state), and SIGHUP calls `reload` (`station.reload`).
 """
@@ -21,7 +21,7 @@ import uuid
 from typing import Callable
 
 from station.actuators import build_actuator
-from station.actuators.base import Actuator, ActuatorError
+from station.actuators.base import Actuator
 from station.cameras import build_camera
 from station.cameras.base import Camera
 from station.capture import CaptureThread
@@ -31,6 +31,7 @@ from station.control import ControlServer
 from station.decision import DeadlineWatch, DecisionMaker, DecisionSettings
 from station.health import Health, Stats
 from station.live_state import LiveState
+from station.output_worker import OutputWorker
 from station.records import ActuationReport, Frame, Prediction, Reason, Verdict
 from station.reload import ReloadResult, apply_reload
 from station.scheduler import RejectScheduler
@@ -39,6 +40,9 @@ from station.tracelog import RunInfo, TraceLog
 log = logging.getLogger("station.app")
 
 VerdictListener = Callable[[Verdict, Frame], None]
+
+# How long start-up waits for each output's first attempt to drive it safe before loading the model.
+_OPEN_WAIT_S = 5.0
 
 
 class Station:
@@ -55,6 +59,8 @@ class Station:
         self.health = Health(on_change=self._health_changed)
         self.reject_actuator: Actuator | None = None
         self.alarm_actuator: Actuator | None = None
+        self.reject_worker: OutputWorker | None = None  # the only thread that talks to the reject device
+        self.alarm_worker: OutputWorker | None = None
         self.tracelog: TraceLog | None = None
         self.capture: CaptureThread | None = None
         self.worker: InferenceWorker | None = None
@@ -67,16 +73,25 @@ class Station:
         self.live = LiveState(self)
         self.control: ControlServer | None = None
         self._alarm_output_wanted = False
-        self._alarm_output_state: bool | None = None
         self._trace_rows_lost: str | None = None  # why rows cannot be kept right now, None while they can
         self.started = False
         self.stopped = False
 
     # ---- start -------------------------------------------------------------------------------------
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self._abort_start()
+            raise
+
+    def _start(self) -> None:
         cfg = self.config
+        self._start_outputs()  # first: a killed station may have left the ejector on; a model loads for seconds
         if self.classifier is None:
+            log.info("loading model %s", cfg.model.path)
             self.classifier = Classifier.from_config(cfg.model)
+            log.info("model %s loaded", self.classifier.describe())
         if cfg.model.threads:
             import torch
             torch.set_num_threads(cfg.model.threads)
@@ -92,25 +107,25 @@ class Station:
         # decided meanwhile (their rows go to the spill reserve), and start-up does not report ready.
         self.tracelog.open()
         first_seq = self.tracelog.next_seq()
-        self.reject_actuator = build_actuator(cfg.reject.actuator, name="reject")
-        self._open_actuator(self.reject_actuator, "reject_actuator")
-        if cfg.alarm.actuator is not None:
-            self.alarm_actuator = build_actuator(cfg.alarm.actuator, name="alarm")
-            self._open_actuator(self.alarm_actuator, "alarm_output")
         self.decision = DecisionMaker(
             DecisionSettings(threshold=threshold, deadline_ms=cfg.decision.deadline_ms,
                              fail_safe=cfg.decision.fail_safe),
             on_verdict=self._on_verdict, on_late=self._on_late)
-        self.scheduler = self._new_scheduler(self.reject_actuator)
+        assert self.reject_worker is not None
+        self.scheduler = self._new_scheduler(self.reject_worker)
         self.deadline_watch = DeadlineWatch(self.decision)
         self.worker = InferenceWorker(self.frames, self.classifier, self.decision.on_prediction)
         self.capture = self._new_capture(first_seq)
         self.tracelog.start()
         self.tracelog.event("INFO", "start", f"run {self.run_id}: model {self.classifier.describe()}, "
-                                             f"threshold {threshold:g}, camera {self.camera.describe()}")
+                                             f"threshold {threshold:g}, camera {self.camera.describe()}, "
+                                             f"reject via {self.reject_actuator.describe()}")
+        for name, message in self.health.alarms().items():  # raised before the log was open (outputs)
+            self.tracelog.event("ERROR", "alarm", f"{name}: {message}")
         self.scheduler.start()
         self.deadline_watch.start()
         self.worker.start()
+        self.reject_worker.mark_ready()  # queued ahead of the first part's verdict
         self.capture.start()
         self._housekeeping = self._new_housekeeping()
         self._housekeeping.start()
@@ -122,12 +137,43 @@ class Station:
                  cfg.station.id, self.run_id, self.classifier.describe(), threshold, self.camera.describe(),
                  self.reject_actuator.describe())
 
+    def _start_outputs(self) -> None:
+        """Build every output with its worker and wait (boundedly) until each drove its device safe."""
+        cfg = self.config
+        self.reject_actuator = build_actuator(cfg.reject.actuator, name="reject")
+        self.reject_worker = self._new_output_worker(self.reject_actuator, "reject")
+        self.reject_worker.start()
+        if cfg.alarm.actuator is not None:
+            self.alarm_actuator = build_actuator(cfg.alarm.actuator, name="alarm")
+            self.alarm_worker = self._new_output_worker(self.alarm_actuator, "alarm")
+            self.alarm_worker.start()
+        for worker in (w for w in (self.reject_worker, self.alarm_worker) if w is not None):
+            if not worker.wait_opened(_OPEN_WAIT_S):
+                log.error("%s output %s: no answer within %g s at start; going on, its worker keeps trying",
+                          worker.role, worker.actuator.describe(), _OPEN_WAIT_S)
+
+    def _abort_start(self) -> None:
+        """Start-up failed (e.g. a bad model): leave nothing running and every output off."""
+        self._stop_outputs()
+
+    def _stop_outputs(self) -> None:
+        """Stop the output workers, then close each output (drives it off) from this thread."""
+        for worker in (w for w in (self.reject_worker, self.alarm_worker) if w is not None and w.is_alive()):
+            worker.stop()
+            worker.join(timeout=5.0)
+        for actuator in (a for a in (self.reject_actuator, self.alarm_actuator) if a is not None):
+            with actuator.lock:
+                actuator.close()
+
     # ---- stage factories (start, and the supervisor's restarts) ------------------------------------
-    def _new_scheduler(self, actuator: Actuator) -> RejectScheduler:
+    def _new_scheduler(self, worker: OutputWorker) -> RejectScheduler:
+        return RejectScheduler(worker, delay_ms=self.config.reject.delay_ms)
+
+    def _new_output_worker(self, actuator: Actuator, role: str, *, opened: bool = False) -> OutputWorker:
         r = self.config.reject
-        return RejectScheduler(actuator, delay_ms=r.delay_ms, pulse_ms=r.pulse_ms,
-                               late_tolerance_ms=r.late_tolerance_ms, on_report=self._on_report,
-                               on_alarm=self.set_alarm)
+        return OutputWorker(actuator, role=role, pulse_ms=r.pulse_ms, late_tolerance_ms=r.late_tolerance_ms,
+                            plc_slow_clear_after=r.plc_slow_clear_after, on_report=self._on_report,
+                            on_alarm=self.set_alarm, opened=opened)
 
     def _new_capture(self, first_seq: int) -> CaptureThread:
         cfg = self.config
@@ -153,13 +199,6 @@ class Station:
         assert self.config.hmi.control_socket is not None
         return ControlServer(self.config.hmi.control_socket, status=self.live.status,
                              acknowledge=self.live.acknowledge, reload=self.live.reload)
-
-    def _open_actuator(self, actuator: Actuator, alarm: str) -> None:
-        try:
-            with actuator.lock:
-                actuator.open()
-        except ActuatorError as exc:
-            self.set_alarm(alarm, f"{actuator.describe()} unavailable at start: {exc}")
 
     # ---- stage callbacks ---------------------------------------------------------------------------
     def _on_verdict(self, verdict: Verdict, frame: Frame) -> None:
@@ -213,39 +252,51 @@ class Station:
         self._alarm_output_wanted = not healthy
 
     def _housekeep(self) -> None:
-        """Alarm output, actuator ticks (heartbeats) and the periodic summary line, every 100 ms."""
+        """Alarm output and the periodic summary line, every 100 ms (the output workers do the I/O)."""
         next_summary = time.monotonic() + self.config.station.summary_interval_s
         while not self._stop_housekeeping.wait(0.1):
             self._sync_alarm_output()
-            for actuator in (self.reject_actuator, self.alarm_actuator):
-                if actuator is not None:
-                    actuator.tick()  # retries an off that failed, heartbeats
-            if "reject_output_stuck" in self.health.alarms() and self.reject_actuator is not None \
-                    and not getattr(self.reject_actuator, "output_may_be_on", False):
-                self.set_alarm("reject_output_stuck", None)
             if time.monotonic() >= next_summary:
                 next_summary += self.config.station.summary_interval_s
                 log.info("summary: %s; %s", self.stats.line(), self.health.summary())
 
     def _sync_alarm_output(self) -> None:
         """The alarm output follows health; a PLC handshake link also carries it as its alarm code."""
-        targets = [a for a in (self.alarm_actuator,
-                               self.reject_actuator if self.reject_actuator and self.reject_actuator.owns_timing
-                               else None) if a is not None]
-        if not targets or self._alarm_output_state == self._alarm_output_wanted:
-            return
         want = self._alarm_output_wanted
-        done = True
-        for actuator in targets:
-            try:
-                with actuator.lock:
-                    actuator.set_output(want)
-            except ActuatorError as exc:
-                done = False
-                log.error("alarm output %s could not be switched %s: %s", actuator.describe(),
-                          "on" if want else "off", exc)
-        if done:
-            self._alarm_output_state = want
+        for worker in (self.alarm_worker, self.reject_worker if self.reject_worker is not None
+                       and self.reject_worker.owns_timing else None):
+            if worker is not None:
+                worker.set_level(want)
+
+    def replace_alarm_output(self, actuator: Actuator) -> Actuator | None:
+        """Drive the alarm lamp through `actuator` (opened by the caller) from now on; return the previous
+        actuator, its worker stopped, for the caller to close (live reload)."""
+        previous, previous_worker = self.alarm_actuator, self.alarm_worker
+        worker = self._new_output_worker(actuator, "alarm", opened=True)
+        worker.set_level(self._alarm_output_wanted)
+        worker.start()
+        self.alarm_actuator, self.alarm_worker = actuator, worker
+        if previous_worker is not None:
+            previous_worker.stop()
+            previous_worker.join(timeout=5.0)
+        return previous
+
+    def replace_reject_output(self, actuator: Actuator, *, finish_s: float) -> Actuator:
+        """Send every later reject to `actuator` (opened by the caller); the previous output finishes the
+        pulse it is giving (up to `finish_s`), its worker stops, and it is returned for the caller to close."""
+        assert self.scheduler is not None and self.reject_worker is not None
+        previous, previous_worker = self.reject_actuator, self.reject_worker
+        worker = self._new_output_worker(actuator, "reject", opened=True)
+        worker.start()
+        worker.mark_ready()
+        self.reject_actuator, self.reject_worker = actuator, worker
+        self.scheduler.swap_worker(worker)
+        if not previous_worker.drain(finish_s):
+            log.warning("the previous reject output had not finished its commands after %.1f s", finish_s)
+        previous_worker.stop()
+        previous_worker.join(timeout=5.0)
+        assert previous is not None
+        return previous
 
     # ---- running and stopping ------------------------------------------------------------------------
     @property
@@ -300,10 +351,7 @@ class Station:
         self._stop_housekeeping.set()
         if self._housekeeping is not None:
             self._housekeeping.join(timeout=2.0)
-        for actuator in (self.reject_actuator, self.alarm_actuator):
-            if actuator is not None:
-                with actuator.lock:
-                    actuator.close()
+        self._stop_outputs()
         summary = self.stats.snapshot()
         summary["model"] = self.classifier.describe() if self.classifier else None
         summary["camera"] = dict(self.camera.counters) if self.camera else {}
@@ -317,13 +365,13 @@ class Station:
         return summary
 
     def threads(self) -> list[threading.Thread]:
-        return [t for t in (self.capture, self.worker, self.deadline_watch, self.scheduler, self.tracelog,
-                            self._housekeeping, self.control) if t is not None]
+        return [t for t in self.stages().values() if t is not None]
 
     def stages(self) -> dict[str, threading.Thread | None]:
         """The stage threads by the names the supervisor, the logs and `restart_stage` use."""
         return {"capture": self.capture, "inference": self.worker, "deadline": self.deadline_watch,
                 "scheduler": self.scheduler, "tracelog": self.tracelog, "housekeeping": self._housekeeping,
+                "reject_output": self.reject_worker, "alarm_output": self.alarm_worker,
                 "control": self.control}
 
     def record_event(self, level: str, kind: str, message: str) -> None:
@@ -360,10 +408,21 @@ class Station:
         elif name == "deadline":
             new = self.deadline_watch = DeadlineWatch(self.decision)
         elif name == "scheduler":
-            assert isinstance(old, RejectScheduler)
-            new = self._new_scheduler(old.actuator)
+            assert isinstance(old, RejectScheduler) and self.reject_worker is not None
+            new = self._new_scheduler(self.reject_worker)
             new.adopt(old)
             self.scheduler = new
+        elif name in ("reject_output", "alarm_output"):
+            # It may have died inside a command: the new worker re-establishes the output (off first).
+            assert isinstance(old, OutputWorker)
+            new = self._new_output_worker(old.actuator, old.role, opened=True)
+            new.adopt(old)
+            if name == "reject_output":
+                assert self.scheduler is not None
+                self.reject_worker = new
+                self.scheduler.swap_worker(new)
+            else:
+                self.alarm_worker = new
         elif name == "tracelog":
             assert isinstance(old, TraceLog)
             new = self._new_tracelog(old.run_info)

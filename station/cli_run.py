@@ -92,6 +92,10 @@ def run_run(args: argparse.Namespace) -> int:
 
     if not args.verbose:
         setup_logging(loaded.config.station.log_level)
+    # Before the pipeline's imports and the model load (seconds): a killed station may have left the ejector on.
+    from station.safe_outputs import drive_outputs_safe
+
+    drive_outputs_safe(loaded.config)
     from station.service import run_service
 
     return run_service(loaded)

@@ -13,7 +13,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from station.config_actuators import ActuatorConfig, LogActuatorConfig
+from station.config_actuators import (
+    ActuatorConfig,
+    LogActuatorConfig,
+    ModbusRtuActuatorConfig,
+    rtu_write_round_trip_ms,
+)
 from station.config_cameras import CameraConfig
 
 
@@ -67,8 +72,13 @@ class RejectSection(_Strict):
     pulse_ms: float = Field(50.0, ge=1, le=10_000, description="How long the reject output stays on, ms.")
     margin_ms: float = Field(20.0, ge=0, le=10_000,
                              description="Time kept free between the deadline and the ejector, ms.")
-    late_tolerance_ms: float = Field(5.0, ge=0, le=10_000,
-                                     description="A pulse fired later than this past due is logged 'late'.")
+    late_tolerance_ms: float = Field(
+        5.0, ge=0, le=10_000,
+        description="A part whose on (or verdict) the device confirmed later than this past due is logged "
+                    "'late', never 'acknowledged'; a device reply slower than this raises the plc_slow alarm, ms.")
+    plc_slow_clear_after: int = Field(
+        20, ge=1, le=10_000,
+        description="Replies within late_tolerance_ms in a row that clear the plc_slow alarm (hysteresis).")
     actuator: ActuatorConfig = Field(default_factory=LogActuatorConfig,
                                      description="What drives the ejector.")
 
@@ -208,6 +218,14 @@ class StationConfig(_Strict):
             problems.append(
                 f"reject.pulse_ms: {self.reject.pulse_ms:g} ms is not shorter than the {gap_ms:g} ms gap "
                 f"between parts at line.max_parts_per_s = {self.line.max_parts_per_s:g}")
+        actuator = self.reject.actuator
+        if isinstance(actuator, ModbusRtuActuatorConfig):
+            wire_ms = rtu_write_round_trip_ms(actuator)
+            if self.reject.late_tolerance_ms < wire_ms:
+                problems.append(
+                    f"reject.late_tolerance_ms: {self.reject.late_tolerance_ms:g} ms is shorter than one coil write "
+                    f"and its reply take on the wire at reject.actuator.baudrate = {actuator.baudrate} "
+                    f"({wire_ms:.1f} ms): every pulse would be logged late; raise it or the baud rate")
         if problems:
             raise ValueError("\n".join(problems))
         return self

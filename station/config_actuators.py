@@ -38,6 +38,11 @@ class _ModbusCommon(_Strict):
                                      description="First reconnect delay after a failure, ms.")
     reconnect_max_ms: float = Field(5_000.0, ge=10, le=600_000,
                                      description="Cap of the doubling reconnect delay, ms.")
+    reconnect_busy_ms: float = Field(
+        100.0, ge=10, le=5_000,
+        description="Reconnect attempt interval while a command is waiting (a part's on, a pending off, an "
+                    "alarm-lamp change, a verdict), ms; the doubling reconnect_min_ms..reconnect_max_ms "
+                    "delay applies only while nothing waits.")
 
     @model_validator(mode="after")
     def _backoff_order(self) -> _ModbusCommon:
@@ -68,6 +73,16 @@ class _SerialFields(_Strict):
 
 
 _BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+
+
+def rtu_write_round_trip_ms(link: _SerialFields) -> float:
+    """The least time one Modbus RTU coil write and its reply take on the wire: 8 bytes each way plus
+    the 3.5-character silence that ends each frame (1.75 ms above 19200 Bd, as the standard says).
+    No device answers faster, so no on can be confirmed sooner after it was sent."""
+    bits = 1 + link.bytesize + (link.parity != "N") + link.stopbits
+    char_ms = bits * 1000.0 / link.baudrate
+    gap_ms = 1.75 if link.baudrate > 19200 else 3.5 * char_ms
+    return 2 * (8 * char_ms + gap_ms)
 
 
 class _ModbusRtuFields(_SerialFields, _ModbusCommon):
@@ -151,6 +166,10 @@ class SerialRelayActuatorConfig(_SerialFields):
     write_timeout_ms: float = Field(200.0, ge=5, le=10_000, description="Longest a command write may block, ms.")
     reconnect_min_ms: float = Field(200.0, ge=10, le=60_000, description="First reopen delay after a failure, ms.")
     reconnect_max_ms: float = Field(5_000.0, ge=10, le=600_000, description="Cap of the reopen delay, ms.")
+    reconnect_busy_ms: float = Field(
+        100.0, ge=10, le=5_000,
+        description="Reopen attempt interval while a command is waiting, ms; the doubling "
+                    "reconnect_min_ms..reconnect_max_ms delay applies only while nothing waits.")
 
     @field_validator("on_bytes", "off_bytes")
     @classmethod

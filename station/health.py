@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from station.records import MERGED_NOTE, ActuationReport, ActuatorResult, Decision, Verdict
+from station.records import ActuationReport, ActuatorResult, Decision, Verdict
 
 log = logging.getLogger("station.health")
 
@@ -108,7 +108,7 @@ class Stats:
     def add_report(self, r: ActuationReport) -> None:
         with self._lock:
             self.actuator[r.result.value] += 1
-            if r.error == MERGED_NOTE:
+            if r.merged:
                 self.merged_pulses += 1
             if r.lateness_ms is not None and r.result in (ActuatorResult.ACKNOWLEDGED, ActuatorResult.LATE):
                 self.lateness_ms.append(r.lateness_ms)

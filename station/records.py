@@ -39,11 +39,11 @@ class ActuatorResult(str, Enum):
     """What became of the actuator command for one part."""
 
     NONE = "none"                  # no command needed (ok part, or handshake not required)
-    ACKNOWLEDGED = "acknowledged"  # the device confirmed the command in time
-    LATE = "late"                  # confirmed, but past due + the lateness tolerance
+    ACKNOWLEDGED = "acknowledged"  # the device confirmed the output on (or the verdict) within the tolerance
+    LATE = "late"                  # confirmed, but later than due + reject.late_tolerance_ms
     FAILED = "failed"              # the device answered with an error, or the transport failed
-    NOT_SENT = "not_sent"          # the actuator was disconnected/backing off: nothing was sent
-    LOGGED = "logged"              # the `log` actuator: written to the station log only
+    NOT_SENT = "not_sent"          # nothing was sent for this part (link down, output not re-established)
+    UNKNOWN = "unknown"            # the station died (crash, kill) before the outcome was known
 
 
 @dataclass(frozen=True)
@@ -93,23 +93,37 @@ class Verdict:
         return (self.t_decided_ns - self.t_capture_ns) / 1e6
 
 
-# actuator_error of a reject whose pulse overlapped the previous one: it sent no "on" of its own, the
-# output was held on until this part's pulse ended (result `acknowledged`).
+# actuator_error of a reject that sent no "on" of its own because the output was verifiably on (the on
+# acknowledged, no off sent) at its due time: the output was held on until this part's pulse ended
+# (result `acknowledged`). A part that rode on another part's pulse confirmed too late carries this note
+# followed by the detail (result `late`).
 MERGED_NOTE = "merged with previous pulse"
 
 
 @dataclass(frozen=True)
 class ActuationReport:
-    """The reject (or handshake) command's outcome for one part, written back to its log row."""
+    """The reject (or handshake) command's outcome for one part, written back to its log row.
+
+    `fired_ns` is when the device confirmed the output on for this part (the acknowledgement of the
+    "on" or of the verdict write; for a merged part, when it was found verifiably on, at the earliest
+    its due time), so `lateness_ms` and the `late` result say the same thing. `sent_ns` is when the
+    command that served the part went out (None for a merged part and when nothing was sent).
+    """
 
     seq: int
     result: ActuatorResult
     due_ns: int | None
     fired_ns: int | None
     error: str | None = None
+    sent_ns: int | None = None
 
     @property
     def lateness_ms(self) -> float | None:
         if self.due_ns is None or self.fired_ns is None:
             return None
         return (self.fired_ns - self.due_ns) / 1e6
+
+    @property
+    def merged(self) -> bool:
+        """The part rode on another part's pulse instead of sending its own "on"."""
+        return self.error is not None and self.error.startswith(MERGED_NOTE)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from station.actuators import build_actuator
@@ -111,17 +110,18 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
         result.applied.append(f"decision (threshold {threshold:g}, deadline {settings.deadline_ms:g} ms, "
                               f"fail_safe {settings.fail_safe})")
     r = new.reject
-    if (r.delay_ms, r.pulse_ms, r.late_tolerance_ms) != (old.reject.delay_ms, old.reject.pulse_ms,
-                                                          old.reject.late_tolerance_ms):
-        station.scheduler.update_timing(delay_ms=r.delay_ms, pulse_ms=r.pulse_ms, late_tolerance_ms=r.late_tolerance_ms)
-        result.applied.append(f"reject timing (delay {r.delay_ms:g} ms, pulse {r.pulse_ms:g} ms)")
+    timing = (r.delay_ms, r.pulse_ms, r.late_tolerance_ms, r.plc_slow_clear_after)
+    if timing != (old.reject.delay_ms, old.reject.pulse_ms, old.reject.late_tolerance_ms,
+                  old.reject.plc_slow_clear_after):
+        station.scheduler.update_timing(delay_ms=r.delay_ms, pulse_ms=r.pulse_ms, late_tolerance_ms=r.late_tolerance_ms,
+                                        plc_slow_clear_after=r.plc_slow_clear_after)
+        result.applied.append(f"reject timing (delay {r.delay_ms:g} ms, pulse {r.pulse_ms:g} ms, "
+                              f"tolerance {r.late_tolerance_ms:g} ms)")
     if new_reject is not None:
         swap_reject_actuator(station, new_reject, pulse_ms=old.reject.pulse_ms)
         result.applied.append(f"reject actuator {new_reject.describe()}")
     if new_alarm is not None:
-        previous, station.alarm_actuator = station.alarm_actuator, new_alarm
-        # Forget the old output's state so housekeeping drives the new one to the current health.
-        station._alarm_output_state = None
+        previous = station.replace_alarm_output(new_alarm)
         if previous is not None:
             with previous.lock:
                 previous.close()
@@ -199,17 +199,12 @@ def open_for_reload(config: object, name: str) -> Actuator:
 
 
 def swap_reject_actuator(station: Station, new: Actuator, *, pulse_ms: float) -> None:
-    """Route the scheduler's next command to `new`, then close the old output (drives it off).
+    """Route the next reject to `new`, then close the old output (drives it off).
 
-    A pulse the old output is giving right now keeps its width: the old output is closed one pulse
-    width after the swap, not at once.
+    A pulse the old output is giving right now keeps its width: its worker finishes it on the old
+    device before it stops and the old output is closed.
     """
-    assert station.scheduler is not None and station.reject_actuator is not None
-    previous = station.reject_actuator
-    with previous.lock:  # a command in progress on the old output completes first
-        station.scheduler.swap_actuator(new)
-        station.reject_actuator = new
-    time.sleep(pulse_ms / 1000.0)
+    previous = station.replace_reject_output(new, finish_s=pulse_ms / 1000.0 + 1.0)
     with previous.lock:
         previous.close()
     log.info("reject actuator swapped: %s -> %s (old output closed, off)", previous.describe(), new.describe())

@@ -32,6 +32,7 @@ from station.tracelog_images import ImageStore, image_size_problem, is_disk_full
 from station.tracelog_records import RunInfo, TraceOp, apply_op, iso_utc, op_from_record
 from station.tracelog_schema import SCHEMA, open_db, rows_since
 from station.tracelog_spill import SPILL_NAME, SpillJournal
+from station.tracelog_recovery import WriterLock, mark_crashed_runs
 
 # Re-exported: the station, `trace export` and the tests import these from here.
 __all__ = ["SCHEMA", "RunInfo", "TraceLog", "iso_utc", "open_db", "rows_since"]
@@ -86,6 +87,8 @@ class TraceLog(threading.Thread):
         self.images_dropped = 0
         self.unwritten = 0  # records that only reached the service log (no room anywhere else)
         self.peak_held_image_bytes = 0
+        self.writer_lock = WriterLock(self.directory)  # held while this process writes the log
+        self.recovered = False  # unfinished runs of earlier processes checked (once per run)
 
     # ---- called from other threads -------------------------------------------------------------
     def open(self) -> bool:
@@ -150,6 +153,7 @@ class TraceLog(threading.Thread):
         self.alarm, self.images_alarm = old.alarm, old.images_alarm
         self._held_lock, self._held_image_bytes = old._held_lock, old._held_image_bytes
         self._db_max_seq, self._rows_kept, self._scanned = old._db_max_seq, old._rows_kept, old._scanned
+        self.writer_lock, self.recovered = old.writer_lock, old.recovered
         if old._conn is not None:
             try:
                 old._conn.close()
@@ -262,6 +266,7 @@ class TraceLog(threading.Thread):
             if not self._scanned:  # once: the image folder may hold many thousand files
                 self.images.scan()
                 self._scanned = True
+            self._recover_crashed_runs()
             return True
         except (sqlite3.Error, OSError) as exc:
             self.write_errors += 1
@@ -276,6 +281,21 @@ class TraceLog(threading.Thread):
         r = self.run_info
         conn.execute("INSERT OR IGNORE INTO runs(run_id, started_at, station_id, config_sha256, model_id) "
                      "VALUES (?,?,?,?,?)", (r.run_id, iso_utc(time.time()), r.station_id, r.config_sha256, r.model_id))
+
+    def _recover_crashed_runs(self) -> None:
+        """Once per run, at the first open: rows an earlier process left in the spill go in first, then its
+        unfinished runs are marked (station.tracelog_recovery), never the live run of another process."""
+        if self.recovered or self._conn is None:
+            return
+        self.recovered = True
+        if not self.writer_lock.acquire():
+            return
+        if self.spill.count and not self._write():
+            return  # the spill stays; its rows keep their results until a later start marks them
+        try:
+            mark_crashed_runs(self._conn, current_run_id=self.run_info.run_id)
+        except sqlite3.Error as exc:
+            self.errors.error("recovery", f"trace log {self.db_path}: unfinished earlier runs not marked: {exc}")
 
     def _write(self) -> bool:
         """The spill (first: it is older) and the pending ops into the database. False: it failed."""
@@ -391,6 +411,7 @@ class TraceLog(threading.Thread):
 
     def _close(self) -> None:
         self.errors.flush()
+        self.writer_lock.release()
         for op in self._pending:
             self._release_image(op)
         self.spill.close()

@@ -70,7 +70,8 @@ def own_pulse_rows(rows) -> list:
     so the device sees one on-edge for both. The device's on-edge count must match these rows."""
     from station.records import MERGED_NOTE
 
-    return [r for r in rows if r["actuator_result"] in ("acknowledged", "late") and r["actuator_error"] != MERGED_NOTE]
+    return [r for r in rows if r["actuator_result"] in ("acknowledged", "late")
+            and not (r["actuator_error"] or "").startswith(MERGED_NOTE)]
 
 
 def run_to_end(loaded, *, timeout_s: float = 120.0, **station_kwargs):
@@ -112,3 +113,50 @@ def assert_pulse_timing(pulses: list[tuple[int, int]], dues_ns: list[int], *, pu
     assert statistics.median(late_ms) <= 5, f"median lateness {statistics.median(late_ms):.2f} ms"
     assert statistics.median(width_err_ms) <= 5, f"median width error {statistics.median(width_err_ms):.2f} ms"
     assert max(late_ms) <= 100 and max(width_err_ms) <= 100, (max(late_ms), max(width_err_ms))
+
+
+def reject_verdict(seq: int, t_capture_ns: int):
+    """A reject verdict for a part captured at `t_capture_ns` (scheduler and output tests)."""
+    import time
+
+    from station.records import Decision, Reason, Verdict
+
+    return Verdict(seq=seq, decision=Decision.REJECT, reason=Reason.MODEL, p_defect=0.9, threshold=0.5,
+                   t_capture_ns=t_capture_ns, t_decided_ns=t_capture_ns, wall_time=time.time(), source="test")
+
+
+class RejectOutput:
+    """A Modbus TCP coil as the station drives it: the device's output worker thread and the reject scheduler
+    in front of it, with the reports and alarms they produce collected. `close()` stops both threads."""
+
+    def __init__(self, port: int, *, role: str = "reject", coil: int = 2, pulse_ms: float = 20.0,
+                 delay_ms: float = 50.0, late_tolerance_ms: float = 5.0, **config: object) -> None:
+        from station.actuators import build_actuator
+        from station.config_actuators import ModbusTcpActuatorConfig
+        from station.output_worker import OutputWorker
+        from station.scheduler import RejectScheduler
+
+        cfg = ModbusTcpActuatorConfig(host="127.0.0.1", port=port, coil=coil, **{"timeout_ms": 300, **config})
+        self.reports: list = []
+        self.alarms: list[tuple[str, str | None]] = []
+        self.worker = OutputWorker(build_actuator(cfg), role=role, pulse_ms=pulse_ms,
+                                   late_tolerance_ms=late_tolerance_ms, plc_slow_clear_after=3,
+                                   on_report=self.reports.append,
+                                   on_alarm=lambda name, msg: self.alarms.append((name, msg)))
+        self.scheduler = RejectScheduler(self.worker, delay_ms=delay_ms)
+        self.worker.start()
+        self.scheduler.start()
+        assert self.worker.wait_opened(5)
+
+    def close(self) -> None:
+        self.scheduler.drain(5)
+        self.scheduler.stop()
+        self.scheduler.join(5)
+        self.worker.stop()
+        self.worker.join(5)
+        with self.worker.actuator.lock:
+            self.worker.actuator.close()
+
+    def raised(self, name: str) -> list[str | None]:
+        """Every raise (message) and clear (None) of one alarm, in order."""
+        return [msg for n, msg in self.alarms if n == name]

@@ -1,8 +1,10 @@
 """The actuator interface every reject/alarm output implements, its errors, and reconnect backoff.
 
-The reject scheduler owns timing: for ordinary outputs it calls `set_output(True)` at the part's
-due time and `set_output(False)` `pulse_ms` later. Actuators whose device owns the timing (the PLC
-handshake) set `owns_timing = True` and get `send_verdict()` for every part instead. Errors are
+These are the device drivers: blocking calls, one at a time. In the station each device is driven
+by its own `station.output_worker.OutputWorker` thread, which calls `set_output(True)` when a part is
+due and `set_output(False)` `pulse_ms` after the device confirmed the on; actuators whose device owns
+the timing (the PLC handshake) set `owns_timing = True` and get `send_verdict()` for every part
+instead. Errors are
 split the way the plant needs them told apart: the transport failed (`ActuatorTransportError`),
 the device answered with an error (`ActuatorDeviceError`), or nothing was sent because the link is
 down and backing off (`ActuatorNotConnected`).
@@ -38,28 +40,44 @@ class ActuatorNotConnected(ActuatorError):
 
 
 class Backoff:
-    """Capped doubling delay between reconnect attempts."""
+    """When the next reconnect attempt may go out after a failure.
 
-    def __init__(self, min_s: float, max_s: float) -> None:
+    Idle (nothing waiting to be sent) the delay doubles from `min_s` up to `max_s`, so a PLC that is
+    down for hours is not hammered. Busy (a part's command, a pending off or an alarm-lamp change is
+    waiting) an attempt may go out every `busy_s` (never later than the idle delay), so the first
+    command after the device answers again goes out within about `busy_s`.
+    """
+
+    def __init__(self, min_s: float, max_s: float, *, busy_s: float = 0.1) -> None:
         self.min_s = min_s
         self.max_s = max(max_s, min_s)
+        self.busy_s = busy_s
         self._delay_s = min_s
-        self._next_try = 0.0
+        self._failed_at: float | None = None
+        self._wait_s = 0.0  # idle delay that applies after the last failure
 
-    def ready(self, now: float | None = None) -> bool:
-        return (time.monotonic() if now is None else now) >= self._next_try
+    def wait_s(self, *, busy: bool = False, now: float | None = None) -> float:
+        """Seconds until the next attempt may go out (0: now)."""
+        if self._failed_at is None:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        wait = min(self.busy_s, self._wait_s) if busy else self._wait_s
+        return max(0.0, self._failed_at + wait - now)
+
+    def ready(self, *, busy: bool = False, now: float | None = None) -> bool:
+        return self.wait_s(busy=busy, now=now) <= 0.0
 
     def failed(self, now: float | None = None) -> float:
-        """Record a failed attempt; return the delay before the next one."""
-        now = time.monotonic() if now is None else now
-        delay = self._delay_s
-        self._next_try = now + delay
+        """Record a failed attempt; return the idle delay before the next one."""
+        self._failed_at = time.monotonic() if now is None else now
+        self._wait_s = self._delay_s
         self._delay_s = min(self._delay_s * 2, self.max_s)
-        return delay
+        return self._wait_s
 
     def succeeded(self) -> None:
         self._delay_s = self.min_s
-        self._next_try = 0.0
+        self._failed_at = None
+        self._wait_s = 0.0
 
 
 class Actuator(ABC):
@@ -68,6 +86,9 @@ class Actuator(ABC):
 
     kind: str = "abstract"
     owns_timing: bool = False
+    # Least time between two attempts while commands wait (after a device error reply the link stays up,
+    # so no backoff holds the next try back); drivers set it from their `reconnect_busy_ms`.
+    retry_interval_s: float = 0.1
 
     def __init__(self) -> None:
         # Re-entrant so that an actuator's own housekeeping (tick, heartbeat) may take it whether or not
@@ -82,6 +103,24 @@ class Actuator(ABC):
         """Connect and drive the output off. Raise ActuatorError if the device cannot be reached;
         the station keeps running and later calls reconnect by themselves."""
 
+    def open_safe(self) -> None:
+        """Connect and put the device in its safe state before the station can decide anything (the
+        first thing `station run` does, before the model loads): an output off, a PLC handshake with
+        READY = 0. `mark_ready()` follows once the station decides parts. Raises like `open()`."""
+        self.open()
+
+    def mark_ready(self) -> None:
+        """The station now decides parts (a handshake tells the PLC, I/O; outputs have nothing to do)."""
+
+    def release(self) -> None:
+        """Let go of the device without writing to it (after `open_safe()` by a caller that hands the output
+        on to another owner); `close()` is the one that drives the output off."""
+
+    def link_wait_s(self, *, busy: bool) -> float:
+        """Seconds until a command may try to reconnect a link that is down (0: the link is up or an
+        attempt may go out now). `busy`: something is waiting to be sent (see `Backoff`)."""
+        return 0.0
+
     @abstractmethod
     def set_output(self, on: bool) -> None:
         """Drive the output; raise an ActuatorError subclass on failure."""
@@ -89,9 +128,6 @@ class Actuator(ABC):
     def send_verdict(self, verdict: Verdict) -> None:
         """Hand one part's verdict to a device that owns reject timing (handshake actuators only)."""
         raise NotImplementedError(f"{self.kind} does not take verdicts")
-
-    def tick(self) -> None:
-        """Periodic housekeeping (heartbeats), called about every 100 ms by the station."""
 
     @abstractmethod
     def close(self) -> None:
@@ -106,12 +142,13 @@ class Actuator(ABC):
 
 
 class SwitchedOutput(Actuator):
-    """An on/off output (coil, relay) that is never knowingly left on.
+    """An on/off output (coil, relay): blocking writes through a transport with a reconnect backoff.
 
-    Subclasses provide `_connect()`, `_write(on)` and `_disconnect()`. `open()` drives the output off;
-    an off that fails sets `off_pending`, and every `tick()` retries it (through the reconnect backoff)
-    until it succeeds, on top of whatever retries the caller makes; `close()` tries the off even while
-    the backoff would wait. `output_may_be_on` is what a health check should alarm on.
+    Subclasses provide `_connect()`, `_write(on)`, `_disconnect()`, `_link_up()` and `_backoff()`.
+    `state` is what the device last confirmed (None: unknown, after a failed write). Retrying an off
+    that failed, and sending no on before that off is confirmed, is the policy of the station's
+    output worker (`station.output_worker`), which owns the device while the station runs;
+    `close()` makes its own attempts to leave the output off.
     """
 
     close_attempts = 2
@@ -119,7 +156,6 @@ class SwitchedOutput(Actuator):
     def __init__(self) -> None:
         super().__init__()
         self.state: bool | None = None  # last state the device confirmed; None: unknown
-        self.off_pending = False
 
     @abstractmethod
     def _connect(self) -> None:
@@ -137,13 +173,14 @@ class SwitchedOutput(Actuator):
     def _link_up(self) -> bool:
         """Whether the transport is open right now."""
 
-    @property
-    def output_may_be_on(self) -> bool:
-        return self.off_pending or self.state is not False
+    @abstractmethod
+    def _backoff(self) -> Backoff:
+        """The reconnect backoff of the transport."""
+
+    def link_wait_s(self, *, busy: bool) -> float:
+        return 0.0 if self._link_up() else self._backoff().wait_s(busy=busy)
 
     def open(self) -> None:
-        # Until an off is confirmed the output counts as possibly on, so tick() keeps trying.
-        self.off_pending = True
         try:
             self._connect()
         except ActuatorError as exc:
@@ -153,38 +190,20 @@ class SwitchedOutput(Actuator):
         self.set_output(False)
 
     def set_output(self, on: bool) -> None:
-        if on:
-            # The caller wants it on now (and owns switching it off again): a retry from tick() must not
-            # cut that pulse short or switch an alarm lamp off, even if this on fails.
-            self.off_pending = False
         try:
             self._write(on)
         except ActuatorError as exc:
             self.note_failure(exc)
             self.connected = self._link_up()
             self.state = None
-            if not on:
-                self.off_pending = True
-                log.error("%s: output could not be switched off (will retry): %s", self.describe(), exc)
             raise
         self.connected = True
         self.state = on
-        self.off_pending = False
         self.counters["on" if on else "off"] += 1
 
-    def tick(self) -> None:
-        if not self.off_pending:
-            return
-        with self.lock:
-            if not self.off_pending:
-                return
-            try:
-                self.set_output(False)
-            except ActuatorError:
-                self.counters["off_retry_failed"] += 1
-            else:
-                self.counters["off_retry_ok"] += 1
-                log.warning("%s: output switched off after retrying", self.describe())
+    def release(self) -> None:
+        self._disconnect()
+        self.connected = False
 
     def close(self) -> None:
         for attempt in range(self.close_attempts):

@@ -3,8 +3,9 @@
 Shared by every Modbus actuator (TCP or RTU, coil or registers); `tcp_link`/`rtu_link` build one from a
 config, and `ModbusCoil` is the coil output both `modbus_tcp` and `modbus_rtu` are made of. `call()` runs one request:
 transport trouble (refused, timeout, garbage, lost link) becomes `ActuatorTransportError` and drops
-the connection so the next call reconnects after the backoff; an exception reply from the device
-(`response.isError()`) becomes `ActuatorDeviceError` and keeps the link.
+the connection so the next call reconnects after the backoff (every `reconnect_busy_ms` while a
+command waits, see `Backoff`); an exception reply from the device (`response.isError()`) becomes
+`ActuatorDeviceError` and keeps the link.
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ log = logging.getLogger("station.actuator.modbus")
 
 class ModbusLink:
     def __init__(self, client_factory: Callable[[], ModbusBaseSyncClient], *, endpoint: str,
-                 reconnect_min_ms: float, reconnect_max_ms: float,
+                 reconnect_min_ms: float, reconnect_max_ms: float, reconnect_busy_ms: float = 100.0,
                  precheck: Callable[[], str | None] | None = None) -> None:
         self._factory = client_factory
         # Returns why a connect cannot work (e.g. the serial port is missing) before pymodbus tries.
         self._precheck = precheck
         self.endpoint = endpoint
         self.client: ModbusBaseSyncClient | None = None
-        self.backoff = Backoff(reconnect_min_ms / 1000.0, reconnect_max_ms / 1000.0)
+        self.backoff = Backoff(reconnect_min_ms / 1000.0, reconnect_max_ms / 1000.0,
+                               busy_s=reconnect_busy_ms / 1000.0)
         self.connects = 0
         self.reconnects = 0
         self.transport_errors = 0
@@ -54,9 +56,9 @@ class ModbusLink:
         self.drop()
         problem = self._precheck() if self._precheck is not None else None
         if problem is not None:
-            delay = self.backoff.failed()
+            self.backoff.failed()
             self.transport_errors += 1
-            raise ActuatorTransportError(f"cannot connect to {self.endpoint}: {problem}; retry in {delay:.1f} s")
+            raise ActuatorTransportError(f"cannot connect to {self.endpoint}: {problem}")
         client = self._factory()
         try:
             ok = client.connect()
@@ -67,9 +69,9 @@ class ModbusLink:
             reason = "connection refused or timed out"
         if not ok:
             client.close()
-            delay = self.backoff.failed()
+            self.backoff.failed()
             self.transport_errors += 1
-            raise ActuatorTransportError(f"cannot connect to {self.endpoint}: {reason}; retry in {delay:.1f} s")
+            raise ActuatorTransportError(f"cannot connect to {self.endpoint}: {reason}")
         self.client = client
         self.backoff.succeeded()
         self.connects += 1
@@ -87,9 +89,10 @@ class ModbusLink:
             self.client = None
 
     def call(self, what: str, request: Callable[[ModbusBaseSyncClient], Any]) -> Any:
-        """Run one request, reconnecting first when the backoff allows."""
+        """Run one request, reconnecting first when the (busy) backoff allows: a call means a command
+        is waiting to be sent."""
         if self.client is None:
-            if not self.backoff.ready():
+            if not self.backoff.ready(busy=True):
                 raise ActuatorNotConnected(f"{self.endpoint} is down; {what} not sent (waiting to reconnect)")
             self.connect()
         assert self.client is not None
@@ -120,7 +123,8 @@ def tcp_link(cfg: Any) -> ModbusLink:
         lambda: ModbusTcpClient(cfg.host, port=cfg.port, timeout=cfg.timeout_ms / 1000.0,
                                 retries=cfg.retries, reconnect_delay=0, reconnect_delay_max=0),
         endpoint=f"modbus_tcp://{cfg.host}:{cfg.port}/{cfg.device_id}",
-        reconnect_min_ms=cfg.reconnect_min_ms, reconnect_max_ms=cfg.reconnect_max_ms)
+        reconnect_min_ms=cfg.reconnect_min_ms, reconnect_max_ms=cfg.reconnect_max_ms,
+        reconnect_busy_ms=cfg.reconnect_busy_ms)
 
 
 def rtu_link(cfg: Any) -> ModbusLink:
@@ -135,7 +139,8 @@ def rtu_link(cfg: Any) -> ModbusLink:
                                    timeout=cfg.timeout_ms / 1000.0, retries=cfg.retries,
                                    reconnect_delay=0, reconnect_delay_max=0),
         endpoint=f"modbus_rtu://{cfg.port}@{cfg.baudrate}{cfg.parity}/{cfg.device_id}",
-        reconnect_min_ms=cfg.reconnect_min_ms, reconnect_max_ms=cfg.reconnect_max_ms, precheck=precheck)
+        reconnect_min_ms=cfg.reconnect_min_ms, reconnect_max_ms=cfg.reconnect_max_ms,
+        reconnect_busy_ms=cfg.reconnect_busy_ms, precheck=precheck)
 
 
 class ModbusCoil(SwitchedOutput):
@@ -146,6 +151,7 @@ class ModbusCoil(SwitchedOutput):
         self.config = config
         self.name = name
         self.link = link
+        self.retry_interval_s = link.backoff.busy_s
 
     def describe(self) -> str:
         return f"{self.link.endpoint} coil {self.config.coil}"
@@ -155,6 +161,9 @@ class ModbusCoil(SwitchedOutput):
 
     def _link_up(self) -> bool:
         return self.link.connected
+
+    def _backoff(self) -> Backoff:
+        return self.link.backoff
 
     def _disconnect(self) -> None:
         self.link.drop()

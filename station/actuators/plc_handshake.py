@@ -106,6 +106,7 @@ class PlcHandshake(Actuator):
         self.name = name
         self.link: ModbusLink = rtu_link(config.link) if isinstance(config.link, ModbusRtuLinkConfig) \
             else tcp_link(config.link)
+        self.retry_interval_s = self.link.backoff.busy_s
         self.heartbeat = 0
         self.alarm_code = ALARM_NONE
         self.parts_seen = 0
@@ -140,12 +141,30 @@ class PlcHandshake(Actuator):
 
     # ---- the Actuator interface ---------------------------------------------------------------------
     def open(self) -> None:
+        self._open(ready=1)
+
+    def open_safe(self) -> None:
+        """Connect and tell the PLC the station is not deciding yet (READY = 0, heartbeat running), so a
+        restart after a crash shows the PLC a live but not-ready station until `mark_ready()`."""
+        self._open(ready=0)
+
+    def mark_ready(self) -> None:
+        """READY = 1, written now; every heartbeat repeats it (so a failed write is repaired within heartbeat_ms)."""
         self._ready = 1
-        self.heartbeat = 0
-        self._stop.clear()
-        # The heartbeat runs even when the PLC is down at start: it is what reconnects.
-        self._thread = threading.Thread(target=self._heartbeat_loop, name=f"{self.name}-plc-heartbeat", daemon=True)
-        self._thread.start()
+        self._write_status()
+
+    def link_wait_s(self, *, busy: bool) -> float:
+        return 0.0 if self.link.connected else self.link.backoff.wait_s(busy=busy)
+
+    def _open(self, *, ready: int) -> None:
+        self._ready = ready
+        if self._thread is None or not self._thread.is_alive():
+            self.heartbeat = 0
+            self._stop.clear()
+            # The heartbeat runs even when the PLC is down at start: it is what reconnects.
+            self._thread = threading.Thread(target=self._heartbeat_loop, name=f"{self.name}-plc-heartbeat",
+                                            daemon=True)
+            self._thread.start()
         with self.lock:
             self.link.connect()
             self._write_status()
@@ -169,9 +188,6 @@ class PlcHandshake(Actuator):
     def set_output(self, on: bool) -> None:
         """Used as an alarm output: on = ALARM_CODE 1 (station unhealthy), off = 0."""
         self.set_alarm_code(ALARM_STATION_UNHEALTHY if on else ALARM_NONE)
-
-    def tick(self) -> None:
-        """Nothing: the heartbeat has its own thread so its period does not depend on the caller."""
 
     def _heartbeat_loop(self) -> None:
         period_s = self.config.heartbeat_ms / 1000.0
@@ -197,13 +213,22 @@ class PlcHandshake(Actuator):
             finally:
                 self.lock.release()
 
-    def close(self) -> None:
+    def _stop_heartbeat(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             if self._thread.is_alive():
                 log.error("%s: heartbeat thread did not stop", self.describe())
             self._thread = None
+
+    def release(self) -> None:
+        self._stop_heartbeat()
+        with self.lock:
+            self.link.drop()
+            self.connected = False
+
+    def close(self) -> None:
+        self._stop_heartbeat()
         with self.lock:
             self._ready = 0
             try:

@@ -3,7 +3,8 @@
 The on/off commands come from the YAML (a preset such as the LC Technology boards, or your own hex
 bytes). Such boards do not answer, so a command counts as delivered once the bytes are written and
 flushed to the port. A missing port, or one that vanishes mid-run (USB unplugged), is a transport
-error: the port is closed and reopened after a capped, doubling backoff.
+error: the port is closed and reopened after a capped, doubling backoff (every `reconnect_busy_ms`
+while a command is waiting).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class SerialRelay(SwitchedOutput):
         self.on_command = config.on_command
         self.off_command = config.off_command
         self.port: serial.Serial | None = None
-        self.backoff = Backoff(config.reconnect_min_ms / 1000.0, config.reconnect_max_ms / 1000.0)
+        self.backoff = Backoff(config.reconnect_min_ms / 1000.0, config.reconnect_max_ms / 1000.0,
+                               busy_s=config.reconnect_busy_ms / 1000.0)
+        self.retry_interval_s = self.backoff.busy_s
         self.ever_connected = False
 
     def describe(self) -> str:
@@ -43,10 +46,13 @@ class SerialRelay(SwitchedOutput):
     def _link_up(self) -> bool:
         return self.port is not None
 
+    def _backoff(self) -> Backoff:
+        return self.backoff
+
     def _fail(self, message: str) -> ActuatorTransportError:
         self._disconnect()
-        delay = self.backoff.failed()
-        return ActuatorTransportError(f"{message}; retry in {delay:.1f} s")
+        self.backoff.failed()
+        return ActuatorTransportError(message)
 
     def _connect(self) -> None:
         self._disconnect()
@@ -74,7 +80,7 @@ class SerialRelay(SwitchedOutput):
 
     def _write(self, on: bool) -> None:
         if self.port is None:
-            if not self.backoff.ready():
+            if not self.backoff.ready(busy=True):
                 raise ActuatorNotConnected(f"{self.describe()} is down; {'on' if on else 'off'} not sent "
                                            f"(waiting to reopen)")
             self._connect()

@@ -65,10 +65,32 @@ def pulse_parts(actuator, dues_ns: list[int], *, pulse_ms: float) -> list[dict]:
                 actuator.set_output(False)
         except ActuatorError as exc:
             outcome["off_error"] = str(exc)
-        actuator.tick()  # what the station's housekeeping does every 100 ms: retries a pending off
     return outcomes
+
+
+def off_until_confirmed(actuator, *, timeout_s: float = 5.0) -> int:
+    """Retry the off every 50 ms until the device confirms it (the output worker's policy, at the driver's
+    level); returns the number of failed attempts. AssertionError when it never gets through."""
+    from station.actuators.base import ActuatorError
+
+    failed = 0
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with actuator.lock:
+                actuator.set_output(False)
+            return failed
+        except ActuatorError:
+            failed += 1
+            assert time.monotonic() < deadline, "the off never got through"
+            time.sleep(0.05)
 
 
 @pytest.fixture
 def fire_pulses():
     return pulse_parts
+
+
+@pytest.fixture
+def retry_off():
+    return off_until_confirmed

@@ -79,3 +79,19 @@ def test_check_actuator_ports_names_key_and_port(tmp_path):
     cfg = ADAPTER.validate_python({"kind": "serial_relay", "port": str(present), "preset": "lctech"})
     assert check_actuator_ports(cfg, key="alarm.actuator") == []
     assert check_actuator_ports(ADAPTER.validate_python({"kind": "modbus_tcp"})) == []
+
+
+def test_a_tolerance_shorter_than_one_rtu_round_trip_is_refused_with_its_key():
+    from station.config import StationConfig
+
+    def station(baudrate: int, tolerance_ms: float) -> dict:
+        return {"camera": {"kind": "synthetic"},
+                "reject": {"late_tolerance_ms": tolerance_ms,
+                           "actuator": {"kind": "modbus_rtu", "port": "/dev/ttyUSB0", "baudrate": baudrate}}}
+
+    with pytest.raises(ValidationError) as info:
+        StationConfig.model_validate(station(19200, 5))
+    message = str(info.value)
+    assert "reject.late_tolerance_ms: 5 ms is shorter than one coil write" in message and "12.0 ms" in message
+    StationConfig.model_validate(station(19200, 15))   # room for the round trip
+    StationConfig.model_validate(station(115200, 5))   # 4.9 ms on the wire at 115200 Bd 8N1

@@ -9,7 +9,7 @@ import time
 import pytest
 from pymodbus.client import ModbusTcpClient
 from pymodbus.constants import ExcCodes
-from support import assert_pulse_timing
+from support import RejectOutput, assert_pulse_timing, reject_verdict
 
 from station.actuators import build_actuator
 from station.actuators.base import ActuatorDeviceError, ActuatorNotConnected, ActuatorTransportError
@@ -61,33 +61,35 @@ def test_open_and_close_drive_the_output_off(sim_plc):
     assert sim_plc.coil_events[-1][1:] == (5, False)
 
 
-def test_off_that_fails_is_retried_until_the_plc_has_it(sim_plc):
-    act = coil_actuator(sim_plc.port)
-    act.open()
-    act.set_output(True)
+def wait_until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def test_an_off_that_fails_is_retried_by_the_output_worker_until_the_plc_has_it(sim_plc):
+    out = RejectOutput(sim_plc.port, coil=5, pulse_ms=300, reconnect_min_ms=100, reconnect_max_ms=400)
     port = sim_plc.port
-    sim_plc.stop()  # the PLC goes away while the ejector is out
-    with pytest.raises(ActuatorTransportError):
-        act.set_output(False)
-    assert act.off_pending and act.output_may_be_on
-    act.tick()  # still down: the retry fails (or waits out the backoff) and stays pending
-    assert act.off_pending
-    start_sim_server("127.0.0.1", port, record_into=sim_plc)
-    deadline = time.monotonic() + 5
-    while act.off_pending and time.monotonic() < deadline:
-        act.tick()
-        time.sleep(0.05)
-    assert not act.off_pending and not act.output_may_be_on
+    try:
+        out.scheduler.submit(reject_verdict(1, time.monotonic_ns() - 50_000_000))
+        wait_until(lambda: sim_plc.coil(5))
+        sim_plc.stop()  # the PLC goes away while the ejector is out
+        wait_until(lambda: any(out.raised("reject_output_stuck")))
+        assert out.worker.output_may_be_on
+        start_sim_server("127.0.0.1", port, record_into=sim_plc)
+        wait_until(lambda: not out.worker.output_may_be_on)
+    finally:
+        out.close()
     assert sim_plc.coil(5) is False
     assert sim_plc.coil_events[-1][1:] == (5, False)
-    assert act.counters["off_retry_ok"] == 1
-    act.close()
+    assert out.raised("reject_output_stuck")[-1] is None, "the alarm clears once the PLC confirmed the off"
+    assert [r.result.value for r in out.reports] == ["acknowledged"]
 
 
-def test_server_stopped_and_restarted_mid_run(sim_plc, fire_pulses):
+def test_server_stopped_and_restarted_mid_run(sim_plc):
     port = sim_plc.port
-    act = coil_actuator(port)
-    act.open()
+    out = RejectOutput(port, coil=5, pulse_ms=PULSE_MS, delay_ms=0, reconnect_min_ms=100, reconnect_max_ms=400)
     t0 = time.monotonic_ns() + 50_000_000
     dues = [t0 + i * 50_000_000 for i in range(50)]  # 2.5 s of rejects at 20 parts/s
     restarted_ns: list[int] = []
@@ -101,29 +103,30 @@ def test_server_stopped_and_restarted_mid_run(sim_plc, fire_pulses):
 
     fault = threading.Thread(target=outage, name="test-outage")
     fault.start()
-    outcomes = fire_pulses(act, dues, pulse_ms=PULSE_MS)
-    fault.join()
-    deadline = time.monotonic() + 3
-    while act.off_pending and time.monotonic() < deadline:
-        act.tick()
-        time.sleep(0.05)
-    act.close()
-
+    try:
+        for seq, due in enumerate(dues, start=1):
+            out.scheduler.submit(reject_verdict(seq, due))
+        fault.join()
+        assert out.scheduler.drain(5)
+    finally:
+        fault.join()
+        out.close()
+    outcomes = sorted(out.reports, key=lambda r: r.seq)
     # Nothing lost: one outcome per part; parts during the outage are marked, with the reason.
-    assert len(outcomes) == len(dues)
-    undelivered = [o for o in outcomes if o["result"] != "acknowledged"]
-    assert undelivered and all(o["error"] for o in undelivered)
-    assert act.counters["error_ActuatorTransportError"] >= 1
-    assert act.link.reconnects >= 1
-    # Recovery: the parts due well after the restart all went out, one pulse each.
-    settled = restarted_ns[0] + 500_000_000  # restart + the capped backoff (400 ms) + margin
-    late_parts = [o for o in outcomes if o["due_ns"] >= settled]
-    assert late_parts and all(o["result"] == "acknowledged" for o in late_parts)
-    late_pulses = [p for p in sim_plc.pulses(5) if p[0] >= settled]
-    assert len(late_pulses) == len(late_parts)
-    # Every acknowledged "on" reached the PLC; an unacknowledged one at most may have (reply lost).
-    acked = sum(o["result"] == "acknowledged" for o in outcomes)
-    failed = sum(o["result"] == "failed" for o in outcomes)
+    assert [r.seq for r in outcomes] == list(range(1, 51))
+    undelivered = [r for r in outcomes if r.result.value not in ("acknowledged", "late")]
+    assert undelivered and all(r.error for r in undelivered)
+    assert out.worker.actuator.counters["error_ActuatorTransportError"] >= 1
+    assert out.worker.actuator.link.reconnects >= 1
+    # Recovery: the parts due from 200 ms after the restart on all went out, one pulse each (or riding on one).
+    settled = restarted_ns[0] + 200_000_000
+    late_parts = [r for r in outcomes if r.due_ns >= settled]
+    assert late_parts and all(r.result.value in ("acknowledged", "late") for r in late_parts)
+    own = [r for r in late_parts if not r.merged]
+    assert len([p for p in sim_plc.pulses(5) if p[0] >= settled]) == len(own)
+    # Every confirmed "on" reached the PLC; an unconfirmed one at most may have (its reply lost).
+    acked = sum(r.result.value in ("acknowledged", "late") and not r.merged for r in outcomes)
+    failed = sum(r.result.value == "failed" for r in outcomes)
     on_writes = sum(1 for _, _, value in sim_plc.coil_events if value)
     assert acked <= on_writes <= acked + failed
     assert sim_plc.coil(5) is False
@@ -144,10 +147,10 @@ def test_exception_replies_are_device_errors_and_keep_the_link():
         plc.fail_writes_with = ExcCodes.DEVICE_FAILURE
         with pytest.raises(ActuatorDeviceError, match="exception code 4"):
             act.set_output(False)
-        assert act.off_pending and act.link.connected
+        assert act.state is None and act.link.connected, "the device answered: the link stays"
         plc.fail_writes_with = None
-        act.tick()
-        assert not act.off_pending and plc.coil(3) is False
+        act.set_output(False)
+        assert act.state is False and plc.coil(3) is False
         assert act.link.device_errors == 1 and act.link.reconnects == 0
         act.close()
     finally:
@@ -164,8 +167,8 @@ def test_plc_down_at_start_then_reconnects_with_backoff(sim_plc):
         act.set_output(True)  # inside the backoff: nothing sent, and it says so
     start_sim_server("127.0.0.1", port, record_into=sim_plc)
     time.sleep(0.35)
-    act.tick()  # the off that open() could not deliver goes out first
-    assert not act.off_pending
+    act.set_output(False)  # the off that open() could not deliver goes out first
+    assert act.state is False
     act.set_output(True)
     act.set_output(False)
     act.close()
@@ -200,26 +203,24 @@ def test_garbage_reply_is_a_transport_error():
         srv.close()
 
 
-def test_a_wanted_on_is_never_undone_by_the_off_retry(sim_plc):
-    """Alarm lamp case: an off failed, then the station wants the lamp on; tick() must not switch it off."""
+def test_an_alarm_lamp_wanted_on_is_never_switched_off_by_a_retry(sim_plc):
+    """An off failed (PLC away), then the station wants the lamp on again: once the PLC is back the worker
+    writes the wanted on, never the stale off."""
     port = sim_plc.port
-    act = coil_actuator(port)
-    act.open()
-    sim_plc.stop()
-    with pytest.raises(ActuatorTransportError):
-        act.set_output(False)
-    assert act.off_pending
-    with pytest.raises((ActuatorNotConnected, ActuatorTransportError)):
-        act.set_output(True)
-    assert not act.off_pending
-    start_sim_server("127.0.0.1", port, record_into=sim_plc)
-    time.sleep(0.45)
-    events = len(sim_plc.coil_events)
-    act.tick()
-    assert len(sim_plc.coil_events) == events  # no off written against the wanted on
-    act.set_output(True)
-    assert sim_plc.coil(5) is True
-    act.tick()
-    assert sim_plc.coil(5) is True
-    act.close()
-    assert sim_plc.coil(5) is False
+    lamp = RejectOutput(port, role="alarm", coil=5, reconnect_min_ms=100, reconnect_max_ms=400)
+    try:
+        lamp.worker.set_level(True)
+        wait_until(lambda: sim_plc.coil(5))
+        sim_plc.stop()
+        lamp.worker.set_level(False)
+        wait_until(lambda: lamp.worker.failures >= 1)
+        lamp.worker.set_level(True)
+        events = len(sim_plc.coil_events)
+        start_sim_server("127.0.0.1", port, record_into=sim_plc)
+        wait_until(lambda: len(sim_plc.coil_events) > events)
+        time.sleep(0.3)
+    finally:
+        lamp.close()
+    written = [value for _, address, value in sim_plc.coil_events[events:] if address == 5]
+    assert written[0] is True and False not in written[:-1], written  # close() switches it off at the end
+    assert any(lamp.raised("alarm_output"))

@@ -101,7 +101,7 @@ def test_image_policy_changes_live_and_restart_only_keys_are_reported_not_applie
 @pytest.mark.parametrize("fault", ["unreachable PLC", "corrupt model"])
 def test_a_reload_that_fails_anywhere_changes_nothing(tmp_path, sim_plc, fault):
     station = start(tmp_path, config_text(port=sim_plc.port))
-    before = (station.decision.settings, station.classifier, station.scheduler.actuator, station.config)
+    before = (station.decision.settings, station.classifier, station.scheduler.worker.actuator, station.config)
     try:
         until(lambda: station.stats.parts >= 3)
         if fault == "unreachable PLC":
@@ -117,7 +117,7 @@ def test_a_reload_that_fails_anywhere_changes_nothing(tmp_path, sim_plc, fault):
         until(lambda: station.stats.parts >= cut + 3)
     finally:
         station.stop()
-    assert (station.decision.settings, station.classifier, station.scheduler.actuator, station.config) == before
+    assert (station.decision.settings, station.classifier, station.scheduler.worker.actuator, station.config) == before
     rows = read_rows(tmp_path / "log/trace.sqlite", "SELECT threshold, image_path, actuator_result, actuator_error FROM parts")
     assert all(r["threshold"] == 0.000001 and r["image_path"] for r in rows), "old threshold and images kept"
     assert len(sim_plc.pulses(1)) == len(own_pulse_rows(rows)), "the running PLC link kept every reject"

@@ -1,4 +1,4 @@
-"""The reject scheduler with the `log` actuator: order, merging of overlapping pulses, drain on stop."""
+"""The reject scheduler and the reject output's worker with the `log` actuator: order, merging, drain on stop."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from station.actuators.log_output import LogActuator
 from station.cli_run import format_summary
 from station.config_actuators import LogActuatorConfig
 from station.health import Stats
+from station.output_worker import OutputWorker
 from station.records import ActuatorResult, Decision, Reason, Verdict
 from station.scheduler import RejectScheduler
 
@@ -19,10 +20,11 @@ def verdict(seq: int, t_ns: int, decision: Decision = Decision.REJECT) -> Verdic
 
 def test_overlapping_pulses_merge_into_one_and_every_part_is_reported():
     actuator = LogActuator(LogActuatorConfig())
-    actuator.open()
     reports = []
-    sched = RejectScheduler(actuator, delay_ms=50, pulse_ms=40, late_tolerance_ms=1000,
-                            on_report=reports.append, on_alarm=lambda n, m: None)
+    worker = OutputWorker(actuator, role="reject", pulse_ms=40, late_tolerance_ms=1000, plc_slow_clear_after=20,
+                          on_report=reports.append, on_alarm=lambda n, m: None)
+    sched = RejectScheduler(worker, delay_ms=50)
+    worker.start()
     sched.start()
     t0 = time.monotonic_ns()
     try:
@@ -33,11 +35,15 @@ def test_overlapping_pulses_merge_into_one_and_every_part_is_reported():
     finally:
         sched.stop()
         sched.join(5)
+        worker.stop()
+        worker.join(5)
     assert [r.seq for r in reports] == [1, 2, 3]
     assert all(r.result is ActuatorResult.ACKNOWLEDGED for r in reports)
     assert [r.error for r in reports][1:] == ["merged with previous pulse"] * 2
+    # One on for all three parts, one off 40 ms after the last part's due time.
     assert actuator.counters["on"] == 1 and actuator.counters["off"] == 1 and actuator.state is False
-    assert sched.merged == 2 and sched.pulses == 1
+    assert worker.book.merged == 2 and worker.book.pulses == 1
+    assert len(sched.handoff_lateness_ms) == 3
     # The run summary says how many rejects rode on an overlapping pulse.
     stats = Stats()
     for r in reports:

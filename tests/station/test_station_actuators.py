@@ -10,7 +10,7 @@ import time
 
 from support import make_frames, make_tiny_model, query, run_to_end, write_config
 
-from station.actuators.plc_handshake import PART_SEQ_LO, VERDICT_CODE
+from station.actuators.plc_handshake import PART_SEQ_LO, READY, VERDICT_CODE
 from station.app import Station
 from station.configfile import load_config
 
@@ -45,6 +45,12 @@ tracelog: {{dir: log}}
     assert codes == [2 if r[1] == "reject" else 1 for r in rows]
     heartbeat_writes = [t for (t, a, _) in writes if a == base]
     assert len(heartbeat_writes) >= 10
+    # READY: 0 from the first write at start-up (before the model loads), 1 once parts are decided, 0 on stop.
+    ready = [v for (_, a, v) in writes if a == base + READY]
+    assert ready[0] == 0 and 1 in ready and ready[-1] == 0
+    first_ready_ns = next(t for (t, a, v) in writes if a == base + READY and v == 1)
+    first_part_ns = next(t for (t, a, _) in writes if a == base + PART_SEQ_LO)
+    assert first_ready_ns < first_part_ns
     count = len(sim_plc.register_writes)
     time.sleep(0.3)
     assert len([1 for (_, a, _) in sim_plc.register_writes[count:] if a == base]) == 0, \
