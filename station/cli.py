@@ -1,7 +1,7 @@
 """The `station` command: parses arguments and hands each sub-command to the module that holds it.
 
-Sub-commands: run, replay, demo, check-config, trace export, bench (and the camera, service and
-install commands registered from their own modules). Every command returns a process exit code:
+Sub-commands: run, replay, demo, check-config, trace export, bench, config-reference (and the camera,
+service and install commands registered from their own modules). Every command returns a process exit code:
 0 success, 1 the run found a problem (e.g. escapes in a labelled replay with --strict), 2 bad input
 (config, model, path).
 """
@@ -23,6 +23,7 @@ COMMANDS = [
     ("station.bench", "add_bench_parser", "run_bench"),
     ("station.cli_cameras", "add_cameras_parser", "run_cameras"),
     ("station.cli_cameras", "add_record_parser", "run_record"),
+    ("station.cli_reference", "add_reference_parser", "run_reference"),
 ]
 OPTIONAL_COMMANDS = [
     ("station.cli_service", "add_install_parser", "run_install"),
