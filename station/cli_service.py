@@ -122,7 +122,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Action], list[str]]:
     except CheckoutFileMissing as exc:
         raise _fail(str(exc)) from exc
     if not model.is_file():
-        raise _fail(f"model {model} does not exist: build it (training/README) or pass --model FILE")
+        raise _fail(f"model {model} does not exist: build it (docs/training.md) or pass --model FILE")
     from station.artifact import ModelArtifactError, load_artifact
 
     try:
