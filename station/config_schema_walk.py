@@ -198,15 +198,14 @@ def model_text(model: type[BaseModel]) -> str:
 
 
 def validator_texts(model: type[BaseModel]) -> list[str]:
-    """Docstrings of the model's own cross-field validators: the rules that span several keys."""
+    """Docstrings of the model's validators, inherited ones included (their base classes are not
+    documented on their own): the rules that a schema type alone does not say."""
     texts = []
     decorators = model.__pydantic_decorators__
     for group in (decorators.model_validators, decorators.field_validators):
-        for name, decorator in group.items():
-            if name not in vars(model):
-                continue  # inherited: documented with the model that defines it
+        for decorator in group.values():
             doc = inspect.getdoc(decorator.func)
-            if doc:
+            if doc and " ".join(doc.split()) not in texts:
                 texts.append(" ".join(doc.split()))
     return texts
 
