@@ -118,11 +118,28 @@ def machine_lock(path: Path):
     return os.fdopen(fd, "rb")
 
 
+FAKE_GV_FRAME_BYTES = 512 * 512   # the fake camera's default frame: Mono8, 512 x 512
+
+
+def socket_buffer_fits_a_frame() -> bool:
+    """Root receives GigE frames through Aravis' packet socket; any other user through a UDP socket
+    whose receive buffer the kernel caps at net.core.rmem_max, which must hold a whole frame."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        return int(Path("/proc/sys/net/core/rmem_max").read_text()) >= FAKE_GV_FRAME_BYTES
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.fixture
 def fake_gv() -> Iterator[FakeGvCamera]:
     ok, why = aravis_available()
     require_component(ok, why)
     require_component(shutil.which(FAKE_GV) is not None, f"{FAKE_GV} (Debian package aravis-tools)")
+    require_component(socket_buffer_fits_a_frame(),
+                      f"a socket receive buffer for one GigE frame as a non-root user: net.core.rmem_max >= "
+                      f"{FAKE_GV_FRAME_BYTES} (sudo sysctl -w net.core.rmem_max=8388608)")
     with machine_lock(LOCK_FILE) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)   # one fake camera per machine: wait for other test runs
         camera = FakeGvCamera(serial=f"ST{os.getpid() % 100000}")
