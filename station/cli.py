@@ -1,7 +1,8 @@
 """The `station` command: parses arguments and hands each sub-command to the module that holds it.
 
-Sub-commands: run, replay, demo, check-config, trace export, bench, hmi, users, review export (and
-the camera, service and install commands registered from their own modules). Every command returns a process exit code:
+Sub-commands: run, replay, demo, check-config, trace export, bench, config-reference, hmi, users,
+review export (and the camera, service and install commands registered from their own modules). Every
+command returns a process exit code:
 0 success, 1 the run found a problem (e.g. escapes in a labelled replay with --strict), 2 bad input
 (config, model, path). A command whose reader closes the pipe (`station trace export | head`) ends
 quietly with 141 (128 + SIGPIPE), as Unix tools do. Command modules keep heavy imports (torch, the
@@ -31,6 +32,7 @@ COMMANDS = [
     ("station.cli_hmi", "add_hmi_parser", "run_hmi"),
     ("station.cli_hmi", "add_users_parser", "run_users"),
     ("station.cli_hmi", "add_review_parser", "run_review"),
+    ("station.cli_reference", "add_reference_parser", "run_reference"),
 ]
 OPTIONAL_COMMANDS = [
     ("station.cli_service", "add_install_parser", "run_install"),

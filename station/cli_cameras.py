@@ -57,10 +57,23 @@ def add_record_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def missing_source(camera_config: Any) -> tuple[str, Path] | None:
+    """(key, path) of a camera source file or folder the config names and the disk lacks, else None."""
+    path = getattr(camera_config, "path", None)
+    if isinstance(path, Path) and not path.exists():
+        return "path", path
+    source = getattr(camera_config, "source", None)
+    # opencv: a device index, /dev node or stream URL is not a file; anything else names a video file.
+    if isinstance(source, str) and not source.isdigit() and "://" not in source and not source.startswith("/dev/"):
+        if not Path(source).exists():
+            return "source", Path(source)
+    return None
+
+
 def run_record(args: argparse.Namespace) -> int:
     from station.cameras import build_camera
     from station.cameras.base import CameraError
-    from station.cameras.recorder import Recorder
+    from station.cameras.recorder import MANIFEST, Recorder
     from station.configfile import ConfigError, load_config
 
     if args.parts is not None and args.parts < 1:
@@ -75,6 +88,16 @@ def run_record(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     camera_config = loaded.config.camera
+    # Bad input is exit code 2 like every other command's: a recording that is already there (never
+    # overwritten) or a file source that does not exist. A camera that fails at run time stays 1.
+    if (args.out / MANIFEST).exists():
+        print(f"station record: {args.out} already holds a recording; choose another --out folder",
+              file=sys.stderr)
+        return 2
+    missing = missing_source(camera_config)
+    if missing is not None:
+        print(f"station record: camera.{missing[0]} {missing[1]} does not exist ({args.config})", file=sys.stderr)
+        return 2
     reconnect = getattr(camera_config, "reconnect", None)
     try:
         camera = build_camera(camera_config)

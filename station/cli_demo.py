@@ -14,19 +14,22 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from station.cli_run import format_summary, load_or_report, replay_camera_config, run_station
+from station.checkout import CheckoutFileMissing, checkout_file, checkout_path
+from station.cli_run import (EXIT_INTERRUPTED, format_summary, load_or_report, replay_camera_config,
+                             report_interrupted, run_station)
 from station.config_actuators import ModbusTcpActuatorConfig
 from station.configfile import ConfigUse
 
 if TYPE_CHECKING:
     from station.records import Frame, Verdict
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+DEMO_CONFIG = "config/demo.yaml"  # in the project checkout
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the built-in demo (no camera, PLC or dataset needed)")
-    p.add_argument("-c", "--config", default=str(DEMO_CONFIG), help="demo station YAML")
+    p.add_argument("-c", "--config", default=None,
+                   help=f"demo station YAML (default: {checkout_path(DEMO_CONFIG)})")
     p.add_argument("--frames", default=None, help="replay this folder of real images instead of rendered frames")
     p.add_argument("--parts", type=int, default=None, help="number of parts (default: the YAML's limit)")
     p.add_argument("--rate", type=float, default=None, help="parts per second")
@@ -40,7 +43,14 @@ def run_demo(args: argparse.Namespace) -> int:
     from station.cameras.replay import ReplayCamera
     from station.cli import setup_logging
 
-    loaded = load_or_report(args.config, use=ConfigUse.DEMO)
+    config_path = args.config
+    if config_path is None:
+        try:
+            config_path = str(checkout_file(DEMO_CONFIG, needed_for="station demo"))
+        except CheckoutFileMissing as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            return 2
+    loaded = load_or_report(config_path, use=ConfigUse.DEMO)
     if loaded is None:
         return 2
     if not args.verbose:
@@ -99,6 +109,9 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"trace log       {config.tracelog.dir / 'trace.sqlite'}")
         if not args.frames:
             print("note: rendered demo frames are not casting images; their verdicts say nothing about accuracy")
+        if summary["interrupted"]:
+            report_interrupted("demo", summary)
+            return EXIT_INTERRUPTED
         return 0
     finally:
         plc.stop()

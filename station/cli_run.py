@@ -1,9 +1,13 @@
 """`station run` and `station replay`: run the pipeline until a signal (or the end of the recording).
 
-Both build the same `Station`; replay only swaps the camera for a `ReplayCamera` over the given
-folder or video and prints the labelled summary at the end. `station run` loads its YAML as the
-plant's (`ConfigUse.RUN`: safety sections written out, files present). The station itself (torch,
-the cameras) is imported inside the commands, so building the parser stays light.
+Both build the same `Station`; replay swaps the camera for a `ReplayCamera` over the given folder or
+video (in the YAML's `camera.order`, shuffled by default, so a `--limit` sees both classes), writes
+its trace log to its own folder (`--log DIR`, default `./replay-log`) so test parts never land in a
+plant's audit log, and prints the labelled summary, where the log went, and whether it was
+interrupted.
+`station run` loads its YAML as the plant's (`ConfigUse.RUN`: safety sections written out, files
+present). The station itself (torch, the cameras) is imported inside the commands, so building the
+parser stays light.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ from station.configfile import ConfigError, ConfigUse, LoadedConfig, load_config
 if TYPE_CHECKING:
     from station.app import Station
 
-log = logging.getLogger("station.cli")
+log = logging.getLogger(__name__)
+
+# Where `station replay` logs when no --log is given: a folder of its own in the working directory,
+# never the YAML's tracelog.dir (which, for a plant YAML, is the plant's audit log).
+DEFAULT_REPLAY_LOG = Path("replay-log")
+EXIT_INTERRUPTED = 130  # the shell's code for a run ended by SIGINT
 
 
 def load_or_report(path: str, *, use: ConfigUse) -> LoadedConfig | None:
@@ -54,7 +63,9 @@ def install_stop_signals(stop: threading.Event) -> Callable[[], None]:
 
 
 def run_station(station: Station, *, until_source_ends: bool, stop: threading.Event | None = None) -> dict | None:
-    """Start, run until a signal (or the end of a finite source), stop in order. None: could not start."""
+    """Start, run until a signal (or the end of a finite source), stop in order. None: could not start.
+
+    The summary's `interrupted` is True when a signal ended the run before a finite source did."""
     from station.artifact import ModelArtifactError
 
     stop = stop or threading.Event()
@@ -65,13 +76,17 @@ def run_station(station: Station, *, until_source_ends: bool, stop: threading.Ev
         except ModelArtifactError as exc:
             print(f"station not started: {exc}", file=sys.stderr)
             return None
+        # A signal is how `station run` ends normally; it only interrupts a finite source.
+        interrupted = False
         if until_source_ends:
-            station.wait_source_finished(stop_event=stop)
+            interrupted = not station.wait_source_finished(stop_event=stop)
         else:
             while not stop.wait(0.2):
                 if station.source_finished and station.idle():
                     break
-        return station.stop()
+        summary = station.stop()
+        summary["interrupted"] = interrupted
+        return summary
     finally:
         if station.started and not station.stopped:
             station.stop()
@@ -109,6 +124,9 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     pace.add_argument("--rate", type=float, default=None, metavar="PARTS_PER_S", help="replay pace")
     pace.add_argument("--as-fast-as-possible", action="store_true", help="no pacing: the pipeline sets the pace")
     p.add_argument("--limit", type=int, default=None, help="replay at most this many frames")
+    p.add_argument("--log", type=Path, default=None, metavar="DIR",
+                   help=f"trace log folder for this replay (default: ./{DEFAULT_REPLAY_LOG}); the YAML's "
+                        "tracelog.dir is used only when named here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
@@ -116,7 +134,13 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 def replay_camera_config(loaded: LoadedConfig, frames: Path, *, rate: float | None, fast: bool,
                          limit: int | None) -> ReplayCameraConfig:
     base = loaded.config.camera
-    labels = dict(base.labels) if isinstance(base, ReplayCameraConfig) else dict(DEFAULT_LABELS)
+    if isinstance(base, ReplayCameraConfig):
+        labels, order, seed = dict(base.labels), base.order, base.seed
+    else:
+        # A YAML for a real camera says nothing about replay order: take the replay kind's defaults
+        # (shuffled, seed 0), so the classes come mixed, as on a line.
+        fields = ReplayCameraConfig.model_fields
+        labels, order, seed = dict(DEFAULT_LABELS), fields["order"].default, fields["seed"].default
     if fast:
         pace = None
     elif rate is not None:
@@ -124,7 +148,19 @@ def replay_camera_config(loaded: LoadedConfig, frames: Path, *, rate: float | No
     else:
         pace = base.rate_parts_per_s if isinstance(base, ReplayCameraConfig) else loaded.config.line.max_parts_per_s
     return ReplayCameraConfig(path=frames.resolve(), rate_parts_per_s=pace, labels=labels, limit=limit,
-                              order="sorted")
+                              order=order, seed=seed)
+
+
+def with_log_dir(loaded: LoadedConfig, log_dir: Path) -> LoadedConfig:
+    """The same config with its trace log moved to `log_dir` (the YAML file and its hash unchanged)."""
+    config = loaded.config.model_copy(update={
+        "tracelog": loaded.config.tracelog.model_copy(update={"dir": log_dir})})
+    return LoadedConfig(config=config, path=loaded.path, sha256=loaded.sha256)
+
+
+def report_interrupted(command: str, summary: dict) -> None:
+    print(f"{command}: interrupted after {summary['parts']} part(s); the summary covers only those",
+          file=sys.stderr)
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -138,19 +174,36 @@ def run_replay(args: argparse.Namespace) -> int:
     if not frames.exists():
         print(f"replay: {frames} does not exist", file=sys.stderr)
         return 2
+    if args.limit is not None and args.limit < 1:
+        print("replay: --limit must be at least 1", file=sys.stderr)
+        return 2
+    log_dir = (args.log if args.log is not None else DEFAULT_REPLAY_LOG).expanduser().resolve()
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"replay: cannot create the trace log folder {log_dir}: {exc.strerror}; pass --log DIR",
+              file=sys.stderr)
+        return 2
     from station.cli import setup_logging
 
     if not args.verbose:
         setup_logging("WARNING")
+    loaded = with_log_dir(loaded, log_dir)
     cam_cfg = replay_camera_config(loaded, frames, rate=args.rate, fast=args.as_fast_as_possible, limit=args.limit)
+    print(f"replay: trace log in {log_dir}", file=sys.stderr, flush=True)
     station = Station(loaded, camera=ReplayCamera(cam_cfg))
     summary = run_station(station, until_source_ends=True)
     if summary is None:
         return 2
+    summary["trace_log"] = str(log_dir / "trace.sqlite")
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
         print(format_summary(summary))
+        print(f"trace log       {summary['trace_log']}")
+    if summary["interrupted"]:
+        report_interrupted("replay", summary)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -8,7 +8,9 @@ commands to enable it. The operator HMI's unit (`inspection-station-hmi.service`
 it, and the config folder is shared with the HMI's settings and users pages (group-writable for the
 service account, whose station unit still sees /etc read-only). `--root DIR` installs into a staging root (packaging, tests) and never
 touches users; `--dry-run` prints the actions only. An existing config is kept unless `--force`:
-the operator's edits survive a reinstall.
+the operator's edits survive a reinstall. The unit file, the config template and the default model
+come from the project checkout (`station.checkout`): on an install without one, the command says so.
+Paths the unit's sandbox hides (home folders, /tmp) are flagged before anything is written.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import os
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,15 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from station.checkout import CHECKOUT, CheckoutFileMissing, checkout_file, checkout_path
 from station.configfile import ConfigError, parse_config_text
 
-REPO = Path(__file__).resolve().parent.parent
 UNIT_NAME = "inspection-station.service"
-UNIT_SOURCE = REPO / "systemd" / UNIT_NAME
+UNIT_SOURCE = f"systemd/{UNIT_NAME}"          # in the project checkout
 HMI_UNIT_NAME = "inspection-station-hmi.service"
-HMI_UNIT_SOURCE = REPO / "systemd" / HMI_UNIT_NAME
-CONFIG_SOURCE = REPO / "config" / "station.yaml"
-DEFAULT_MODEL = REPO / "models" / "impeller-resnet18.pt"
+HMI_UNIT_SOURCE = f"systemd/{HMI_UNIT_NAME}"
+CONFIG_SOURCE = "config/station.yaml"
+DEFAULT_MODEL = "models/impeller-resnet18.pt"
 UNIT_STATION_BIN = "/opt/inspection-station/venv/bin/station"  # placeholder in the unit file
 
 USER = "inspection-station"
@@ -52,8 +55,8 @@ def add_install_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p = sub.add_parser("install", help="install the systemd unit, config and model (Debian)")
     p.add_argument("--root", default="/", help="install below this folder instead of / (staging, tests)")
     p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
-    p.add_argument("--model", default=str(DEFAULT_MODEL), help="model artifact to install")
-    p.add_argument("--config", default=str(CONFIG_SOURCE), help="station YAML to start from")
+    p.add_argument("--model", default=None, help=f"model artifact to install (default: {checkout_path(DEFAULT_MODEL)})")
+    p.add_argument("--config", default=None, help=f"station YAML to start from (default: {checkout_path(CONFIG_SOURCE)})")
     p.add_argument("--station-bin", default=None,
                    help="path of the `station` command the unit runs (default: the one beside this Python)")
     p.add_argument("--force", action="store_true", help="overwrite an existing /etc/inspection-station/station.yaml")
@@ -119,9 +122,16 @@ def plan(args: argparse.Namespace) -> tuple[list[Action], list[str]]:
         return root / path.relative_to("/")
 
     warnings: list[str] = []
-    model = Path(args.model)
+    try:
+        model = Path(args.model) if args.model else checkout_file(DEFAULT_MODEL, needed_for="station install")
+        config_source = Path(args.config) if args.config else checkout_file(CONFIG_SOURCE,
+                                                                             needed_for="station install")
+        unit_source = checkout_file(UNIT_SOURCE, needed_for="station install")
+        hmi_unit_source = checkout_file(HMI_UNIT_SOURCE, needed_for="station install")
+    except CheckoutFileMissing as exc:
+        raise _fail(str(exc)) from exc
     if not model.is_file():
-        raise _fail(f"model {model} does not exist: build it (training/README) or pass --model FILE")
+        raise _fail(f"model {model} does not exist: build it (docs/training.md) or pass --model FILE")
     from station.artifact import ModelArtifactError, load_artifact
 
     try:
@@ -132,25 +142,27 @@ def plan(args: argparse.Namespace) -> tuple[list[Action], list[str]]:
     if station_bin is None or not station_bin.exists():
         raise _fail("the `station` command was not found; pass --station-bin PATH")
     station_bin = station_bin.absolute()
-    if station_bin.parts[1:2] in (("home",), ("root",)):
-        warnings.append(f"{station_bin} is under /{station_bin.parts[1]}, which the unit hides (ProtectHome=true): "
-                        f"install the venv under /opt/inspection-station and pass --station-bin")
+    for what, path in (("the `station` command", station_bin), ("the project checkout (editable install)", CHECKOUT)):
+        hidden = hidden_from_service(path)
+        if hidden:
+            warnings.append(f"{what} {path} is under {hidden}: the service cannot run it; put the checkout "
+                            f"and the venv under /opt/inspection-station (deployment manual) and pass --station-bin")
     try:
-        config_text = render_config(Path(args.config).read_text(encoding="utf-8"), model.name)
-        parse_config_text(config_text, source=args.config)
+        config_text = render_config(config_source.read_text(encoding="utf-8"), model.name)
+        parse_config_text(config_text, source=config_source)
     except (OSError, ValueError) as exc:  # ConfigError is a ValueError
-        detail = str(exc) if isinstance(exc, ConfigError) else f"{args.config}: {exc}"
+        detail = str(exc) if isinstance(exc, ConfigError) else f"{config_source}: {exc}"
         raise _fail(f"config template unusable: {detail}") from exc
-    unit_text = render_unit(UNIT_SOURCE.read_text(encoding="utf-8"), station_bin)
+    unit_text = render_unit(unit_source.read_text(encoding="utf-8"), station_bin)
 
     actions: list[Action] = []
     if staging:
         warnings.append(f"staging root {root}: system user {USER!r} not created; on the target run: "
-                        + " ".join(useradd_command()))
+                        + shlex.join(useradd_command()))
     elif _user_exists(USER):
         warnings.append(f"system user {USER!r} exists: kept")
     else:
-        actions.append(Action(f"create system user {USER!r}: {' '.join(useradd_command())}",
+        actions.append(Action(f"create system user {USER!r}: {shlex.join(useradd_command())}",
                               lambda: _run(useradd_command())))
     for folder in (CONFIG_DIR, STATE_DIR / "models", LOGS_DIR, UNIT_DIR):
         actions.append(Action(f"create folder {at(folder)}", lambda f=at(folder): f.mkdir(parents=True, exist_ok=True)))
@@ -167,13 +179,26 @@ def plan(args: argparse.Namespace) -> tuple[list[Action], list[str]]:
     actions.append(Action(f"write unit {unit_dest} (ExecStart={station_bin} run ...)",
                           lambda: _write(unit_dest, unit_text, mode=0o644)))
     hmi_unit_dest = at(UNIT_DIR / HMI_UNIT_NAME)
-    hmi_unit_text = render_unit(HMI_UNIT_SOURCE.read_text(encoding="utf-8"), station_bin)
+    hmi_unit_text = render_unit(hmi_unit_source.read_text(encoding="utf-8"), station_bin)
     actions.append(Action(f"write unit {hmi_unit_dest} (ExecStart={station_bin} hmi ...)",
                           lambda: _write(hmi_unit_dest, hmi_unit_text, mode=0o644)))
     actions.append(Action(f"share {at(CONFIG_DIR)} with the HMI's settings and users pages (group {USER}, "
                           f"folder 2770, station.yaml 0660)",
                           lambda: _share_config(at(CONFIG_DIR), config_dest, group=None if staging else USER)))
     return actions, warnings
+
+
+def hidden_from_service(path: Path) -> str | None:
+    """The folder of the unit's sandbox that hides `path` from the service, or None.
+
+    ProtectHome=true hides /home, /root and /run/user; PrivateTmp=true gives the service empty
+    /tmp and /var/tmp of its own, so a venv or checkout there is gone for it."""
+    parts = path.parts
+    for hidden in (("home",), ("root",), ("run", "user"), ("tmp",), ("var", "tmp")):
+        if parts[1:1 + len(hidden)] == hidden:
+            why = "PrivateTmp=true" if hidden[-1] == "tmp" else "ProtectHome=true"
+            return f"/{'/'.join(hidden)} ({why} in the unit hides it)"
+    return None
 
 
 def useradd_command() -> list[str]:

@@ -27,48 +27,65 @@ class _Strict(BaseModel):
 
 
 class StationSection(_Strict):
+    """Which station this is and how much it says in the service log."""
+
     id: str = Field("station-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
-                    description="Station name written into every log row.")
+                    description="Station name written into every trace-log row (letters, digits, _ . -).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Level of the service log (journald); per-part detail is in the trace log.")
     summary_interval_s: float = Field(60.0, ge=1, le=3600,
-                                      description="Period of the counters summary line in the service log.")
+                                      description="Seconds between counter summary lines in the service log.")
 
 
 class LineSection(_Strict):
+    """The conveyor the station sits on."""
+
     max_parts_per_s: float = Field(5.0, gt=0, le=1000,
-                                   description="Fastest the conveyor presents parts; sizes the pulse check.")
+                                   description="Fastest the conveyor presents parts; reject.pulse_ms must be "
+                                               "shorter than the gap 1000 / max_parts_per_s ms.")
 
 
 class ModelSection(_Strict):
+    """The classifier: the model artifact and what runs it."""
+
     path: Path = Field(Path("../models/impeller-resnet18.pt"),
-                       description="Model artifact; relative paths are relative to the YAML file.")
+                       description="Model artifact (weights + metadata). The station refuses to start if it is "
+                                   "missing, corrupt or of another architecture.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
     warmup_runs: int = Field(3, ge=0, le=100, description="Dummy inferences before the station is ready.")
     threads: int | None = Field(None, ge=1, le=256,
                                 description="CPU inference threads (null: the backend's default, one per core).")
     backend: Literal["torch", "onnxruntime", "auto"] = Field(
-        "torch", description="torch: CUDA or CPU. onnxruntime: CPU only, converted and checked against torch "
-                             "at start-up. auto: torch on CUDA when the device allows, else onnxruntime.")
+        "torch", description="torch: CUDA or CPU. onnxruntime: CPU only; the model is converted at start and "
+                             "refused unless it scores probe images like torch (about half torch's CPU time "
+                             "per image). auto: torch on CUDA when the device allows, else onnxruntime.")
 
     @model_validator(mode="after")
     def _backend_device(self) -> ModelSection:
+        """`model.backend: onnxruntime` runs on the CPU: `device: cuda` with it is an error."""
         if self.backend == "onnxruntime" and self.device == "cuda":
             raise ValueError("model.backend: onnxruntime runs on the CPU; use device cpu or auto, or backend torch")
         return self
 
 
 class DecisionSection(_Strict):
+    """How a score becomes a verdict, and what happens when there is no score in time."""
+
     threshold: float | None = Field(
-        None, gt=0, lt=1, description="p_defect at or above which a part is rejected; null: the model's own.")
+        None, gt=0, lt=1, description="Reject when p_defect >= threshold; null: the model's recommended one.")
     deadline_ms: float = Field(300.0, ge=5, le=60_000,
-                               description="Latest a verdict may come after capture; later is fail-safe.")
+                               description="Latest a verdict may come after capture, ms; later gets the "
+                                           "fail-safe verdict with reason timeout.")
     fail_safe: Literal["reject", "ok"] = Field(
-        "reject", description="Verdict when the station cannot decide in time. 'ok' lets such parts pass.")
+        "reject", description="Verdict when the station cannot decide (timeout, overrun, bad frame, model error, "
+                              "shutdown). ok is unsafe: it lets undecided parts pass.")
 
 
 class RejectSection(_Strict):
-    delay_ms: float = Field(800.0, ge=0, le=600_000, description="Camera-to-ejector travel time, ms.")
+    """When and how long the ejector fires, and what drives it."""
+
+    delay_ms: float = Field(800.0, ge=0, le=600_000,
+                            description="Camera-to-ejector travel time, ms: the pulse starts at capture + delay.")
     pulse_ms: float = Field(50.0, ge=1, le=10_000, description="How long the reject output stays on, ms.")
     margin_ms: float = Field(20.0, ge=0, le=10_000,
                              description="Time kept free between the deadline and the ejector, ms.")
@@ -80,32 +97,46 @@ class RejectSection(_Strict):
         20, ge=1, le=10_000,
         description="Replies within late_tolerance_ms in a row that clear the plc_slow alarm (hysteresis).")
     actuator: ActuatorConfig = Field(default_factory=LogActuatorConfig,
-                                     description="What drives the ejector.")
+                                     description="What drives the ejector; kind selects the output.")
 
 
 class AlarmSection(_Strict):
-    actuator: ActuatorConfig | None = Field(None, description="Output held on while the station is unhealthy.")
+    """An output (stack light, horn, PLC input) held on while the station is unhealthy."""
+
+    actuator: ActuatorConfig | None = Field(
+        None, description="Output held on while the station is unhealthy; same kinds as reject.actuator.")
 
 
 class FrameSection(_Strict):
+    """The frame size the model was validated for; another size is a broken part."""
+
     width_px: int | None = Field(None, ge=16, le=16384,
-                                 description="Expected frame width; another width is a bad_frame (null: any).")
+                                 description="Expected frame width; another width gives the part a bad_frame "
+                                             "verdict (null: any).")
     height_px: int | None = Field(None, ge=16, le=16384,
-                                  description="Expected frame height; another height is a bad_frame (null: any).")
+                                  description="Expected frame height; another height gives the part a bad_frame "
+                                              "verdict (null: any).")
 
 
 class QueueSection(_Strict):
-    frames: int = Field(4, ge=1, le=64, description="Frames waiting for inference; a full queue is 'overrun'.")
+    """Bounds of the queues between stages."""
+
+    frames: int = Field(4, ge=1, le=64, description="Frames waiting for inference; a part that finds the queue "
+                                                    "full gets the fail-safe verdict overrun.")
 
 
 class TraceLogSection(_Strict):
-    dir: Path = Field(Path("../var/tracelog"), description="Folder of trace.sqlite and images/.")
+    """The traceability log: one SQLite row per part, and the part images as files."""
+
+    dir: Path = Field(Path("../var/tracelog"),
+                      description="Folder of trace.sqlite (WAL) and images/YYYY/MM/DD/.")
     images: Literal["all", "rejects", "none"] = Field("all", description="Which parts' images are kept.")
     sample_every_n: int = Field(1, ge=1, le=1_000_000,
-                                description="Of the parts the policy keeps, keep every n-th image.")
+                                description="Of the images the policy keeps, keep every n-th.")
     image_format: Literal["png", "jpeg"] = Field("png", description="png is lossless; jpeg is smaller.")
     disk_budget_mb: float = Field(2048.0, gt=0, le=10_000_000,
-                                  description="Image folder size cap; oldest images are pruned past it.")
+                                  description="Image folder cap, MB; the oldest images are pruned past it "
+                                              "(their rows stay and record the pruning).")
     max_backlog: int = Field(
         10_000, ge=100, le=1_000_000,
         description="Rows held in memory when neither the database nor the spill reserve can take them; "
@@ -133,6 +164,8 @@ class TraceLogSection(_Strict):
 
 
 class ServiceSection(_Strict):
+    """How the station runs under systemd: start-up, watchdog and supervisor limits."""
+
     startup: Literal["wait", "degraded"] = Field(
         "wait", description="wait: report ready only once camera, model and PLC are up, and fail the start "
                             "after startup_timeout_s; degraded: report ready after startup_timeout_s anyway, "
@@ -140,7 +173,8 @@ class ServiceSection(_Strict):
     startup_timeout_s: float = Field(30.0, ge=1, le=600,
                                      description="How long start-up waits for the camera and the PLC, s.")
     stall_s: float = Field(10.0, ge=1, le=600,
-                           description="A stage whose heartbeat is older than this is silent (hung), s.")
+                           description="A stage whose heartbeat is older than this is hung: the watchdog pings "
+                                       "stop and systemd restarts the service, s.")
     inference_hang_s: float = Field(10.0, ge=0.5, le=600,
                                     description="Scoring one frame longer than this means the inference "
                                                 "worker is hung, s.")
@@ -191,22 +225,33 @@ class HmiSection(_Strict):
 
 
 class StationConfig(_Strict):
-    station: StationSection = Field(default_factory=StationSection)
-    line: LineSection = Field(default_factory=LineSection)
-    camera: CameraConfig
-    frame: FrameSection = Field(default_factory=FrameSection)
-    model: ModelSection = Field(default_factory=ModelSection)
-    decision: DecisionSection = Field(default_factory=DecisionSection)
-    reject: RejectSection = Field(default_factory=RejectSection)
-    alarm: AlarmSection = Field(default_factory=AlarmSection)
-    queues: QueueSection = Field(default_factory=QueueSection)
-    tracelog: TraceLogSection = Field(default_factory=TraceLogSection)
-    service: ServiceSection = Field(default_factory=ServiceSection)
-    hmi: HmiSection = Field(default_factory=HmiSection)
+    """A whole station YAML: one section per stage."""
+
+    station: StationSection = Field(default_factory=StationSection, description="Station identity and service log.")
+    line: LineSection = Field(default_factory=LineSection, description="The conveyor's fastest part rate.")
+    camera: CameraConfig = Field(..., description="The frame source; kind selects the camera kind.")
+    frame: FrameSection = Field(default_factory=FrameSection, description="Expected frame size.")
+    model: ModelSection = Field(default_factory=ModelSection, description="The model artifact and its backend.")
+    decision: DecisionSection = Field(default_factory=DecisionSection,
+                                      description="Threshold, deadline and fail-safe verdict.")
+    reject: RejectSection = Field(default_factory=RejectSection,
+                                  description="Reject timing and the ejector output.")
+    alarm: AlarmSection = Field(default_factory=AlarmSection, description="The optional alarm output.")
+    queues: QueueSection = Field(default_factory=QueueSection, description="Queue bounds between stages.")
+    tracelog: TraceLogSection = Field(default_factory=TraceLogSection,
+                                      description="The traceability log (SQLite + images).")
+    service: ServiceSection = Field(default_factory=ServiceSection,
+                                    description="Start-up, watchdog and supervisor limits under systemd.")
+    hmi: HmiSection = Field(default_factory=HmiSection,
+                            description="The operator web HMI and the station's live-state socket.")
 
     @model_validator(mode="after")
     def _timing_fits(self) -> StationConfig:
-        # Every problem at once, one per line (station.config_issues splits them into rows).
+        """`decision.deadline_ms` must be at most `reject.delay_ms - reject.margin_ms` (a verdict must come
+        before the part reaches the ejector), and `reject.pulse_ms` shorter than the gap between parts at
+        `line.max_parts_per_s` (1000 / max_parts_per_s ms); on a Modbus RTU output, `reject.late_tolerance_ms`
+        at least one coil write and its reply on the wire. Every problem at once, one per line
+        (station.config_issues splits them into rows)."""
         problems = []
         room_ms = self.reject.delay_ms - self.reject.margin_ms
         if self.decision.deadline_ms > room_ms:

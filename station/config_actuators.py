@@ -46,6 +46,7 @@ class _ModbusCommon(_Strict):
 
     @model_validator(mode="after")
     def _backoff_order(self) -> _ModbusCommon:
+        """`reconnect_max_ms` must be at least `reconnect_min_ms`."""
         if self.reconnect_max_ms < self.reconnect_min_ms:
             raise ValueError(f"reconnect_max_ms: {self.reconnect_max_ms:g} ms is below "
                              f"reconnect_min_ms = {self.reconnect_min_ms:g} ms")
@@ -67,6 +68,8 @@ class _SerialFields(_Strict):
     @field_validator("baudrate")
     @classmethod
     def _standard_baudrate(cls, v: int) -> int:
+        """`baudrate` must be a standard rate: 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400,
+        460800 or 921600."""
         if v not in _BAUDRATES:
             raise ValueError(f"baudrate {v} is not a standard rate ({', '.join(map(str, _BAUDRATES))})")
         return v
@@ -117,7 +120,7 @@ class ModbusRtuLinkConfig(_ModbusRtuFields):
 
 class PlcHandshakeActuatorConfig(_Strict):
     """The PLC owns reject timing: per part the station writes seq, verdict and p_defect to holding
-    registers, plus a heartbeat counter at a fixed period (register map: plc_handshake.py / README)."""
+    registers, plus a heartbeat counter at a fixed period (register map: docs/plc-integration.md)."""
 
     kind: Literal["plc_handshake"] = "plc_handshake"
     link: Annotated[Union[ModbusTcpLinkConfig, ModbusRtuLinkConfig], Field(discriminator="transport")] = Field(
@@ -174,12 +177,16 @@ class SerialRelayActuatorConfig(_SerialFields):
     @field_validator("on_bytes", "off_bytes")
     @classmethod
     def _hex(cls, v: str | None, info) -> str | None:  # type: ignore[no-untyped-def]
+        """`on_bytes` / `off_bytes` are hex bytes ('A0 01 01 A2', 'A0,01,01,A2', '0xA0 0x01 ...' or
+        'A00101A2'); an error names the key and the bad token."""
         if v is not None:
             parse_byte_string(v, key=info.field_name)
         return v
 
     @model_validator(mode="after")
     def _commands_known(self) -> SerialRelayActuatorConfig:
+        """preset generic needs both `on_bytes` and `off_bytes`; any other preset defines the commands and
+        forbids them. `reconnect_max_ms` must be at least `reconnect_min_ms`."""
         given = [k for k in ("on_bytes", "off_bytes") if getattr(self, k) is not None]
         if self.preset == "generic" and len(given) != 2:
             missing = [k for k in ("on_bytes", "off_bytes") if k not in given]

@@ -23,7 +23,8 @@ class ReplayCameraConfig(_Strict):
     """Recorded frames (a folder of images, optionally in label-named sub-folders, or a video file)."""
 
     kind: Literal["replay"] = "replay"
-    path: Path = Field(..., description="Folder of images or a video file.")
+    path: Path = Field(..., description="Folder of images (label sub-folders optional), a video file, or a "
+                                        "`station record` folder; `station replay FOLDER` plays FOLDER instead.")
     rate_parts_per_s: float | None = Field(
         5.0, gt=0, le=1000, description="Replay pace in parts/s; null plays as fast as the pipeline takes.")
     order: Literal["sorted", "shuffled"] = Field(
@@ -85,6 +86,7 @@ class TriggerSettings(_Strict):
 
     @model_validator(mode="after")
     def _software_needs_rate(self) -> TriggerSettings:
+        """`trigger.rate_parts_per_s` is required when `trigger.mode` is software."""
         if self.mode == "software" and self.rate_parts_per_s is None:
             raise ValueError("trigger.rate_parts_per_s is required when trigger.mode is software")
         return self
@@ -98,6 +100,7 @@ class ReconnectSettings(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> ReconnectSettings:
+        """`max_backoff_ms` must be at least `min_backoff_ms`."""
         if self.max_backoff_ms < self.min_backoff_ms:
             raise ValueError(f"reconnect.max_backoff_ms ({self.max_backoff_ms:g}) must be at least "
                              f"reconnect.min_backoff_ms ({self.min_backoff_ms:g})")
@@ -133,6 +136,8 @@ class _IndustrialCameraConfig(_Strict):
 
     @model_validator(mode="after")
     def _frame_timeout_fits(self) -> _IndustrialCameraConfig:
+        """With a software trigger, `trigger.frame_timeout_ms` must be shorter than `lost_after_ms`; in free
+        run, `lost_after_ms` must cover at least two frame periods at `frame_rate_hz`."""
         if self.trigger.mode == "software" and self.trigger.frame_timeout_ms >= self.lost_after_ms:
             raise ValueError(f"trigger.frame_timeout_ms ({self.trigger.frame_timeout_ms:g}) must be shorter "
                              f"than lost_after_ms ({self.lost_after_ms:g})")

@@ -2,7 +2,8 @@
 
 Bad input (an empty or single-class data folder, unreadable images, a weights file of the wrong
 architecture, a missing model) is reported as one clear line on stderr with exit code 2, before
-any training starts.
+any training starts; so is a missing `train` extra (scikit-learn, matplotlib, tqdm), with the pip
+command that installs it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from training.export import ExportError
 from training.model import WeightsError
 
 USAGE_ERRORS = (DataError, WeightsError, ModelArtifactError, ExportError, FileNotFoundError)
+# Import name -> pip name of the packages that only the `train` extra installs.
+TRAIN_EXTRA = {"sklearn": "scikit-learn", "matplotlib": "matplotlib", "tqdm": "tqdm"}
+TRAIN_EXTRA_FIX = "pip install -e '.[train]' (in the project checkout)"
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -122,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except USAGE_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in TRAIN_EXTRA:
+            raise
+        print(f"error: python -m training {args.command} needs the train extra ({TRAIN_EXTRA[top]} is not "
+              f"installed): {TRAIN_EXTRA_FIX}", file=sys.stderr)
         return 2
 
 

@@ -6,7 +6,8 @@ the part block (seq, verdict code, reason code, p_defect, threshold, age) togeth
 counters, in one write-multiple-registers request so the PLC never sees half a part; and at a fixed
 period, from its own thread, a heartbeat counter with the ready flag, alarm code and counters, even
 when no parts pass. When the heartbeat stops changing the PLC stops the line or diverts every part
-(sample logic in README_SECTION.md). `REGISTER_MAP` below is the table the README documents.
+(sample logic in docs/plc-integration.md). `REGISTER_MAP` below is the register table of that manual
+(generated from it by `station config-reference --write`).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ ALARM_STATION_UNHEALTHY = 1   # the station's alarm output is on (set_output(Tru
 
 P_DEFECT_MISSING = 65535      # no probability (bad frame, timeout, model error)
 
-# (offset, name, written, meaning): the table in README_SECTION.md.
+# (offset, name, written, meaning): the table in docs/plc-integration.md (generated from this list).
 REGISTER_MAP: list[tuple[int, str, str, str]] = [
     (HEARTBEAT, "HEARTBEAT", "every heartbeat_ms", "counter +1 per period, wraps 65535 -> 0; stops when the station stops"),
     (READY, "READY", "every heartbeat; 0 on close", "1 = station running and deciding, 0 = stopping/stopped"),

@@ -106,9 +106,9 @@ class SimPlcHandle:
 
     def emulate_handshake_plc(self, *, register_base: int = 0, coil: int = 0, delay_ms: float = 800.0,
                               pulse_ms: float = 50.0, watchdog_ms: float = 600.0) -> HandshakePlcLogic:
-        """Make this server behave like the PLC of the README's sample logic for `plc_handshake`: it fires
-        `coil` for reject verdicts at capture + delay_ms (from PART_AGE_MS), counts gaps in PART_SEQ, and
-        trips its watchdog (`line_stopped`) when the heartbeat stops changing or READY drops to 0."""
+        """Make this server behave like the PLC of the sample logic (docs/plc-integration.md) for
+        `plc_handshake`: it fires `coil` for reject verdicts at capture + delay_ms (from PART_AGE_MS), counts
+        gaps in PART_SEQ, and trips its watchdog (`line_stopped`) when the heartbeat stops changing or READY drops to 0."""
         assert self._loop is not None, "start the server first"
         logic = HandshakePlcLogic(register_base=register_base, coil=coil, delay_ms=delay_ms, pulse_ms=pulse_ms,
                                   watchdog_ms=watchdog_ms)

@@ -127,6 +127,12 @@ class AravisCamera(StreamingCamera):
             self._pixel_format = station_format(fmt_name)
             self._pixel_format_code = camera.get_pixel_format()
             self._stream = camera.create_stream(None, None)
+            if camera.is_gv_device():
+                # The kernel's default socket receive buffer (net.core.rmem_default, 208 KiB) is smaller
+                # than one frame of most GigE cameras: an unprivileged process such as the service user
+                # then loses packets on every frame (root gets Aravis' packet socket instead). AUTO sizes
+                # the buffer to the payload, up to net.core.rmem_max.
+                self._stream.set_property("socket-buffer", aravis.GvStreamSocketBuffer.AUTO)
             payload = camera.get_payload()
             for _ in range(self.config.buffer_count):
                 self._stream.push_buffer(aravis.Buffer.new_allocate(payload))

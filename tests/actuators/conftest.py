@@ -1,32 +1,25 @@
 """Real components for the actuator tests: socat pty pairs standing in for serial cables (the simulated
 PLC fixture `sim_plc` and the thread-leak guard come from tests/conftest.py).
 
-A socat that is missing skips locally but fails under CI (`CI=true`): the tests must run there.
+A socat that is missing skips locally but fails under CI (`CI=true`), through support.require_component.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from support import require_component
 
 from station.actuators.sim_server import SocatPtyPair
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
 @pytest.fixture
 def pty_pair(tmp_path: Path) -> Iterator[SocatPtyPair]:
-    if shutil.which("socat") is None:
-        if _in_ci():
-            pytest.fail("socat is required for the serial tests (install it: apt-get install socat)")
-        pytest.skip("socat not installed")
+    require_component(shutil.which("socat") is not None, "socat (Debian package socat)")
     pair = SocatPtyPair(tmp_path)
     pair.start()
     yield pair

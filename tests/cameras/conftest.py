@@ -1,7 +1,8 @@
 """Real components for the camera tests: Aravis' fake GigE Vision camera, the GenTL producer that the
 `genicam` wheel ships (through harvesters), and OpenCV for video files written by the tests.
 
-A missing component skips a test locally, with the reason, and fails it under CI (`CI=true`).
+A missing component skips a test locally, with the reason, and fails it under CI (`CI=true`), through
+support.require_component.
 The fake camera binds the GigE Vision port on 127.0.0.1, so only one can run per machine: the
 fixture takes a machine-wide lock file, gives its camera a serial unique to this test process and
 checks that the camera it reaches is its own. It stops the camera by the pid it started.
@@ -19,23 +20,11 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from support import require_component
 
 FAKE_GV = "arv-fake-gv-camera-0.8"
 FAKE_GV_ADDRESS = "127.0.0.1"
 LOCK_FILE = Path("/tmp/station-tests-arv-fake-gv.lock")
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def need(available: bool, what: str) -> None:
-    """Skip locally, fail in CI, when a real component a test needs is missing."""
-    if available:
-        return
-    if in_ci():
-        pytest.fail(f"{what} is missing; CI must install it (see .ci/run)")
-    pytest.skip(f"{what} is not installed here")
 
 
 def aravis_available() -> tuple[bool, str]:
@@ -112,12 +101,46 @@ class FakeGvCamera:
         return self.proc is not None and self.proc.poll() is None
 
 
+def machine_lock(path: Path):
+    """The lock file shared by every user's test runs, opened read-only (flock needs no more).
+
+    Whoever creates it makes it world-readable: a file that root created (CI) in the sticky /tmp must
+    still open for a sudo user's run, and opening it with O_CREAT would be refused there
+    (fs.protected_regular), so it is created only when absent."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.fchmod(fd, 0o644)
+        except FileExistsError:  # another run created it in between
+            fd = os.open(path, os.O_RDONLY)
+    return os.fdopen(fd, "rb")
+
+
+FAKE_GV_FRAME_BYTES = 512 * 512   # the fake camera's default frame: Mono8, 512 x 512
+
+
+def socket_buffer_fits_a_frame() -> bool:
+    """Root receives GigE frames through Aravis' packet socket; any other user through a UDP socket
+    whose receive buffer the kernel caps at net.core.rmem_max, which must hold a whole frame."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        return int(Path("/proc/sys/net/core/rmem_max").read_text()) >= FAKE_GV_FRAME_BYTES
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.fixture
 def fake_gv() -> Iterator[FakeGvCamera]:
     ok, why = aravis_available()
-    need(ok, why)
-    need(shutil.which(FAKE_GV) is not None, f"{FAKE_GV} (Debian package aravis-tools)")
-    with LOCK_FILE.open("a") as lock:
+    require_component(ok, why)
+    require_component(shutil.which(FAKE_GV) is not None, f"{FAKE_GV} (Debian package aravis-tools)")
+    require_component(socket_buffer_fits_a_frame(),
+                      f"a socket receive buffer for one GigE frame as a non-root user: net.core.rmem_max >= "
+                      f"{FAKE_GV_FRAME_BYTES} (sudo sysctl -w net.core.rmem_max=8388608)")
+    with machine_lock(LOCK_FILE) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)   # one fake camera per machine: wait for other test runs
         camera = FakeGvCamera(serial=f"ST{os.getpid() % 100000}")
         camera.start()
@@ -135,9 +158,9 @@ def viky_cti() -> Path:
     try:
         import harvesters.core  # noqa: F401
     except ImportError as exc:
-        need(False, f"harvesters ({exc})")
+        require_component(False, f"harvesters ({exc})")
     cti = viky_producer()
-    need(cti is not None, "the simulated GenTL producer of the genicam wheel (pip install harvesters)")
+    require_component(cti is not None, "the simulated GenTL producer of the genicam wheel (pip install harvesters)")
     assert cti is not None
     return cti
 
@@ -147,5 +170,5 @@ def cv2_module():
     try:
         import cv2
     except ImportError:
-        need(False, "OpenCV (pip install opencv-python-headless)")
+        require_component(False, "OpenCV (pip install opencv-python-headless)")
     return cv2

@@ -122,9 +122,18 @@ def test_station_record_cli_records_from_the_configured_camera(tmp_path, capsys)
     assert len(read_manifest(out)) == 4 and len(list(out.glob("*.png"))) == 4
     assert len(_replay_all(out)) == 4
     # An existing recording is never overwritten.
-    assert run_record(_record_args("-c", str(config), "--out", str(out), "--parts", "4")) == 1
+    assert run_record(_record_args("-c", str(config), "--out", str(out), "--parts", "4")) == 2
     assert "already holds a recording" in capsys.readouterr().err
     assert len(read_manifest(out)) == 4
+
+
+def test_station_record_from_a_missing_path_is_bad_input(tmp_path, capsys):
+    config = tmp_path / "station.yaml"
+    config.write_text("camera:\n  kind: replay\n  path: no-such-folder\n")
+    assert run_record(_record_args("-c", str(config), "--out", str(tmp_path / "rec"), "--parts", "2")) == 2
+    err = capsys.readouterr().err
+    assert "camera.path" in err and "no-such-folder does not exist" in err
+    assert not (tmp_path / "rec").exists()
 
 
 def test_station_record_cli_reports_a_bad_config(tmp_path, capsys):

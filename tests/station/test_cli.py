@@ -81,7 +81,7 @@ model: {path: model.pt, device: cpu}
 reject: {actuator: {kind: log}}
 tracelog: {dir: log}
 """)
-    result = station("replay", "frames", "-c", str(cfg), cwd=tmp_path)
+    result = station("replay", "frames", "-c", str(cfg), "--log", "log", cwd=tmp_path)
     assert result.returncode == 2
     assert "station not started" in result.stderr and "model" in result.stderr
     assert not (tmp_path / "log" / "trace.sqlite").exists() or \
@@ -170,7 +170,7 @@ decision: {threshold: 0.999999, deadline_ms: 200}
 reject: {actuator: {kind: log}}
 tracelog: {dir: log}
 """)
-    result = station("replay", "frames", "-c", str(cfg), "--as-fast-as-possible", cwd=tmp_path)
+    result = station("replay", "frames", "-c", str(cfg), "--as-fast-as-possible", "--log", "log", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "parts           10" in out and "accuracy 50.00%" in out
@@ -242,7 +242,8 @@ reject: {actuator: {kind: log}}
 tracelog: {dir: log}
 """)
     for _ in range(2):
-        assert station("replay", "frames", "-c", str(cfg), "--as-fast-as-possible", cwd=tmp_path).returncode == 0
+        assert station("replay", "frames", "-c", str(cfg), "--as-fast-as-possible", "--log", "log",
+                       cwd=tmp_path).returncode == 0
     conn = sqlite3.connect(tmp_path / "log" / "trace.sqlite")
     seqs = [s for (s,) in conn.execute("SELECT seq FROM parts ORDER BY seq")]
     runs = conn.execute("SELECT COUNT(DISTINCT run_id) FROM parts").fetchone()[0]
@@ -272,7 +273,8 @@ model: {path: tiny.pt, device: cpu}
 reject: {actuator: {kind: log}}
 tracelog: {dir: log, images: none}
 """)
-    result = station("replay", "line.avi", "-c", str(cfg), "--as-fast-as-possible", "--json", cwd=tmp_path)
+    result = station("replay", "line.avi", "-c", str(cfg), "--as-fast-as-possible", "--json", "--log", "log",
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["parts"] == 12
     sources = [s for (s,) in sqlite3.connect(tmp_path / "log" / "trace.sqlite").execute("SELECT source FROM parts")]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from support import REPO, make_tiny_model
 
 from station.artifact import TinyNet
 from training.__main__ import main
@@ -55,3 +59,19 @@ def test_wrong_architecture_weights(tiny_data: Path, tmp_path: Path, capsys: pyt
 def test_missing_model_for_evaluate(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _expect_error(["evaluate", "--model", str(tmp_path / "nope.pt"), "--data", str(tiny_data),
                    "--report", str(tmp_path / "r")], capsys, "does not exist")
+
+
+def test_evaluate_without_the_train_extra_names_the_fix(tmp_path: Path) -> None:
+    """scikit-learn is installed here (the test extra pulls it in), so the child process hides it the way
+    an install without the extra lacks it: `sys.modules['sklearn'] = None` makes every import of it fail
+    with ModuleNotFoundError, exactly as on such a machine. No other module is touched."""
+    model = make_tiny_model(tmp_path / "m.pt")
+    (tmp_path / "data" / "test").mkdir(parents=True)
+    code = ("import sys; sys.modules['sklearn'] = None; from training.__main__ import main; "
+            f"sys.exit(main(['evaluate', '--model', {str(model)!r}, '--data', {str(tmp_path / 'data')!r}, "
+            f"'--report', {str(tmp_path / 'report')!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == ("error: python -m training evaluate needs the train extra (scikit-learn is "
+                                     "not installed): pip install -e '.[train]' (in the project checkout)")
