@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from station.config_actuators import ActuatorConfig, LogActuatorConfig
 from station.config_cameras import CameraConfig
+from station.config_gate import GateSection
 
 
 class _Strict(BaseModel):
@@ -58,7 +59,9 @@ class DecisionSection(_Strict):
     deadline_ms: float = Field(300.0, ge=5, le=60_000,
                                description="Latest a verdict may come after capture; later is fail-safe.")
     fail_safe: Literal["reject", "ok"] = Field(
-        "reject", description="Verdict when the station cannot decide in time. 'ok' lets such parts pass.")
+        "reject", description="Verdict when the station cannot decide in time (timeout, overrun, bad_frame, "
+                              "model_error, shutdown). 'ok' lets such parts pass. A frame outside the model's "
+                              "validity domain (image_check) is rejected whatever this says.")
 
 
 class RejectSection(_Strict):
@@ -125,6 +128,7 @@ class StationConfig(_Strict):
     frame: FrameSection = Field(default_factory=FrameSection)
     model: ModelSection = Field(default_factory=ModelSection)
     decision: DecisionSection = Field(default_factory=DecisionSection)
+    gate: GateSection = Field(default_factory=GateSection)
     reject: RejectSection = Field(default_factory=RejectSection)
     alarm: AlarmSection = Field(default_factory=AlarmSection)
     queues: QueueSection = Field(default_factory=QueueSection)

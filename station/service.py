@@ -243,7 +243,7 @@ class StationService:
         station = self.station
         assert station is not None
         sup = f"; {self.supervisor.summary()}" if self.supervisor is not None else ""
-        return f"{phase}: {station.stats.line()}; {station.health.summary()}{sup}"
+        return f"{phase}: {station.summary_line()}; {station.health.summary()}{sup}"
 
     def reload(self) -> bool:
         """SIGHUP: re-read and validate the YAML, apply what can change live. False: nothing changed."""

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from station.records import ActuationReport, Frame, Prediction, Verdict
 from station.tracelog_images import ImageStore, is_disk_full
+from station.image_checks import ALL_MEASURES
 
 log = logging.getLogger("station.tracelog")
 
@@ -58,7 +59,18 @@ CREATE TABLE IF NOT EXISTS parts (
     image_sha256    TEXT,
     image_bytes     INTEGER,
     image_pruned    INTEGER NOT NULL DEFAULT 0,
-    image_error     TEXT
+    image_error     TEXT,
+    gate_failed     TEXT,
+    gate_brightness REAL,
+    gate_contrast   REAL,
+    gate_dark_clip  REAL,
+    gate_bright_clip REAL,
+    gate_focus      REAL,
+    gate_noise      REAL,
+    gate_part_offset REAL,
+    gate_part_size  REAL,
+    gate_novelty    REAL,
+    gate_ms         REAL
 );
 CREATE INDEX IF NOT EXISTS parts_captured_at ON parts(captured_at);
 CREATE INDEX IF NOT EXISTS parts_unpruned_images ON parts(seq) WHERE image_path IS NOT NULL AND image_pruned = 0;
@@ -81,6 +93,14 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
+# Columns added after the first release, with their types: `open_db` adds the ones an existing log lacks
+# (plant logs outlive releases; ALTER TABLE ADD COLUMN keeps every row, the new columns read NULL).
+MIGRATIONS: list[tuple[str, str, str]] = [
+    ("parts", "gate_failed", "TEXT"),        # violated validity-gate limits, e.g. "brightness_min,novelty_max"
+    *[("parts", f"gate_{m}", "REAL") for m in ALL_MEASURES],  # what the gate measured on the frame
+    ("parts", "gate_ms", "REAL"),            # time the gate took on the frame (checks, novelty, comparison)
+]
+
 _STOP = object()
 AlarmHook = Callable[[str, str | None], None]
 
@@ -94,8 +114,22 @@ def open_db(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    migrate(conn)
     conn.commit()
     return conn
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Add the MIGRATIONS columns an older log lacks; return what was added."""
+    added = []
+    for table, column, kind in MIGRATIONS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            added.append(f"{table}.{column}")
+    if added:
+        log.warning("trace log schema upgraded: added %s", ", ".join(added))
+    return added
 
 
 @dataclass(frozen=True)
@@ -267,7 +301,9 @@ class TraceLog(threading.Thread):
                 v, _frame = args
                 record = {"seq": v.seq, "run_id": self.run_info.run_id, "captured_at": iso_utc(v.wall_time),
                           "decision": v.decision.value, "reason": v.reason.value, "p_defect": v.p_defect,
-                          "threshold": v.threshold, "label": v.label, "source": v.source, "detail": v.detail}
+                          "threshold": v.threshold, "label": v.label, "source": v.source, "detail": v.detail,
+                          "gate_failed": list(v.gate.failed) if v.gate else None,
+                          "gate": v.gate.measures if v.gate else None}
             elif kind == "actuation":
                 r = args[0]
                 record = {"seq": r.seq, "actuator_result": r.result.value, "fire_lateness_ms": r.lateness_ms,
@@ -288,16 +324,21 @@ class TraceLog(threading.Thread):
     def _write_verdict(self, conn: sqlite3.Connection, verdict: Verdict, frame: Frame) -> None:
         image_path, sha, nbytes, image_error = self.images.save(verdict, frame, conn)
         r = self.run_info
-        conn.execute(
-            "INSERT OR IGNORE INTO parts (seq, run_id, station_id, camera_id, source, captured_at, t_capture_ns, "
-            "model_id, model_sha256, config_sha256, p_defect, threshold, decision, reason, fail_safe, detail, "
-            "label, infer_ms, decide_ms, image_path, image_sha256, image_bytes, image_error) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (verdict.seq, r.run_id, r.station_id, r.camera_id, verdict.source, iso_utc(verdict.wall_time),
-             verdict.t_capture_ns, verdict.model_id or r.model_id, r.model_sha256, r.config_sha256,
-             verdict.p_defect, verdict.threshold, verdict.decision.value, verdict.reason.value,
-             int(verdict.is_fail_safe), verdict.detail, verdict.label, verdict.infer_ms, verdict.decide_ms,
-             image_path, sha, nbytes, image_error))
+        columns = ["seq", "run_id", "station_id", "camera_id", "source", "captured_at", "t_capture_ns", "model_id",
+                   "model_sha256", "config_sha256", "p_defect", "threshold", "decision", "reason", "fail_safe",
+                   "detail", "label", "infer_ms", "decide_ms", "image_path", "image_sha256", "image_bytes",
+                   "image_error"]
+        values = [verdict.seq, r.run_id, r.station_id, r.camera_id, verdict.source, iso_utc(verdict.wall_time),
+                  verdict.t_capture_ns, verdict.model_id or r.model_id, r.model_sha256, r.config_sha256,
+                  verdict.p_defect, verdict.threshold, verdict.decision.value, verdict.reason.value,
+                  int(verdict.is_fail_safe), verdict.detail, verdict.label, verdict.infer_ms, verdict.decide_ms,
+                  image_path, sha, nbytes, image_error]
+        gate = verdict.gate
+        if gate is not None:
+            columns += ["gate_failed", "gate_ms", *(f"gate_{m}" for m in ALL_MEASURES)]
+            values += [",".join(gate.failed) or None, gate.gate_ms, *(gate.measures.get(m) for m in ALL_MEASURES)]
+        conn.execute(f"INSERT OR IGNORE INTO parts ({', '.join(columns)}) VALUES ({','.join('?' * len(values))})",
+                     values)
         self.rows_written += 1
 
     def _write_actuation(self, conn: sqlite3.Connection, report: ActuationReport) -> None:

@@ -88,14 +88,18 @@ tracelog: {dir: log}
 
 
 def test_model_of_another_architecture_refuses_to_start(tmp_path):
+    import json
+
     import torch
 
-    from station.artifact import ArtifactMetadata, TinyNet, save_artifact
+    from station.artifact import LEGACY_FORMAT, ArtifactMetadata, TinyNet
     from station.preprocess import Preprocess
 
     meta = ArtifactMetadata(architecture="resnet18", class_names=("def_front", "ok_front"),
                             defective_class="def_front", preprocess=Preprocess(input_size=64))
-    save_artifact(tmp_path / "m.pt", TinyNet(2), meta)  # tinynet weights labelled resnet18
+    # tinynet weights labelled resnet18, in the unsealed format-1 layout (a sealed file cannot be edited)
+    torch.save({"format": LEGACY_FORMAT, "metadata_json": json.dumps(meta.to_dict()),
+                "state_dict": TinyNet(2).state_dict()}, tmp_path / "m.pt")
     from station.artifact import ModelArtifactError, load_artifact
     with pytest.raises(ModelArtifactError, match="does not match architecture 'resnet18'"):
         load_artifact(tmp_path / "m.pt")
@@ -194,9 +198,14 @@ reject: {actuator: {kind: log}}
 """)
     result = station("bench", "-c", str(cfg), "-n", "30", "--repeats", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for stage in ("inference (preprocess + model)", "capture -> verdict", "capture -> actuator command",
+    for stage in ("inference (preprocess + model + gate)", "capture -> verdict", "capture -> actuator command",
                   "sustained parts/s"):
         assert stage in result.stdout
+    # The validity gate is timed on its own: a row of three numbers, and the share of frames it rejected.
+    gate_row = next(line for line in result.stdout.splitlines() if "of which validity gate" in line)
+    p50, p99, worst = (float(v) for v in gate_row.split()[-3:])
+    assert 0 < p50 <= p99 <= worst
+    assert "0 of 30 parts outside the domain" in result.stdout, "rendered frames are inside the tiny model's domain"
     assert not (tmp_path / "var").exists(), "bench writes its log to a temporary folder"
     assert "inference backend torch" in result.stdout
     ort = station("bench", "-c", str(cfg), "-n", "10", "--repeats", "1", "--backend", "onnxruntime", cwd=tmp_path)

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 from support import casting_data_dir, make_frames, make_tiny_model, query, require_component, run_to_end, write_config
-from torch import nn
 
-from station.artifact import ModelArtifactError, load_artifact
+from station.artifact import ModelArtifactError, TinyNet, load_artifact
 from station.cameras.replay import list_frames, load_image
 from station.classifier import Classifier
 from station.configfile import ConfigError, load_config
@@ -46,24 +45,24 @@ tracelog: {{dir: log, images: none}}
         assert abs(p - expected[Path(source).name]) < 1e-5, source
 
 
-class TracedBranch(nn.Module):
-    """A network whose Python branch the ONNX exporter freezes at the example input (all zeros): the
-    exported graph then scores every real image differently from torch. The kind of silent export
-    fault the start-up check is there to catch."""
+class TracedBranch(TinyNet):
+    """The tiny network with a Python branch the ONNX exporter freezes at the example input (all zeros):
+    the exported graph then scores every real image differently from torch, while torch itself scores
+    exactly like the original (so the artifact's reference check passes). The kind of silent export fault
+    the start-up check is there to catch."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.head = nn.Linear(3, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = x.mean(dim=(2, 3))
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        features = super().pooled(x)
         if bool(x.abs().sum() == 0):
-            return self.head(pooled)
-        return self.head(pooled) * 4.0
+            return features * 4.0
+        return features
 
 
 def test_an_export_that_changes_the_scores_is_refused(tmp_path):
-    artifact = dataclasses.replace(load_artifact(make_tiny_model(tmp_path / "tiny.pt")), model=TracedBranch().eval())
+    original = load_artifact(make_tiny_model(tmp_path / "tiny.pt"))
+    branched = TracedBranch()
+    branched.load_state_dict(original.model.state_dict())
+    artifact = dataclasses.replace(original, model=branched.eval())
     with pytest.raises(ModelArtifactError, match="onnxruntime and torch disagree"):
         Classifier(artifact, device="cpu", warmup_runs=0, backend="onnxruntime")
     # The same network on torch is accepted: the refusal is about the conversion, not the model.
