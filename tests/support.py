@@ -55,7 +55,7 @@ def make_tiny_model(path: Path, *, threshold: float = 0.5, input_size: int = 64,
     return path
 
 
-def rendered_domain(model, meta, *, per_size: int = 12):
+def rendered_domain(model, meta, *, per_size: int = 24):
     """A validity domain (no perturbation sweep) fitted on rendered frames of 64, 96, 128 and 300 px, for
     test networks: the frames the tests render are inside it."""
     from station.cameras.synthetic import render_impeller
@@ -67,7 +67,7 @@ def rendered_domain(model, meta, *, per_size: int = 12):
         for i in range(per_size):
             images.append(render_impeller(rng, size, defective=i % 2 == 0))
             labels.append(0 if i % 2 == 0 else 1)
-    return spread_domain(model, meta.preprocess, images, labels, defective_index=0, pad=1.0)
+    return spread_domain(model, meta.preprocess, images, labels, defective_index=0, pad=2.0)
 
 
 def make_frames(folder: Path, *, defective: int, ok: int, size: int = 96, seed: int = 0) -> Path:
