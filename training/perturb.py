@@ -4,7 +4,7 @@ Each `Axis` is one way a station's picture goes wrong (a dimmed or over-driven l
 shift, haze on the lens, defocus, sensor noise, the camera moved closer or farther or sideways, an
 object in front of the lens, heavy JPEG compression), with a nominal value, a grid of severities from
 barely noticeable to gross, and the image checks expected to guard it. `MILD` is the variation a plant
-sees on a good day (lamp drift of a quarter either way, any rotation of the part, slight blur, sensor
+sees on a good day (lamp drift of a fifth either way, any rotation of the part, slight blur, sensor
 noise, JPEG), which must stay inside the validity domain; `SEVERE` are the faults that must never
 produce an `ok`. Frames are uint8 grey HxW arrays; calibration and the tests share these functions.
 """
@@ -158,8 +158,8 @@ AXES_BY_NAME = {a.name: a for a in AXES}
 
 # Mild, realistic variation that must stay inside the domain: (name, function, severity or None = random).
 MILD: tuple[tuple[str, Perturb, float | None], ...] = (
-    ("lamp -25%", scale, 0.75),
-    ("lamp +25%", scale, 1.25),
+    ("lamp -20%", scale, 0.8),
+    ("lamp +20%", scale, 1.2),
     ("any rotation", rotate, None),
     ("slight blur (sigma 0.7 px)", blur, 0.7),
     ("sensor noise (sigma 4)", noise, 4.0),
