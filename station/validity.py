@@ -146,7 +146,7 @@ class ValidityDomain:
 def limits_table(limits: Limits, *, reference: dict[str, dict[str, float]] | None = None,
                  sources: dict[str, str] | None = None) -> str:
     """A fixed-width table of limits (and where each came from), for check-config and evaluate."""
-    lines = [f"{'check':<14}{'min':>10}{'max':>10}  {'unit':<30}{'reference mean (p01..p99)':<30}"
+    lines = [f"{'check':<14}{'min':>10}{'max':>10}  {'unit':<34}{'reference mean (p01..p99)':<30}"
              + ("  source" if sources else "")]
     for name in ALL_MEASURES:
         sides = limits.get(name, {})
@@ -155,24 +155,25 @@ def limits_table(limits: Limits, *, reference: dict[str, dict[str, float]] | Non
         ref = (reference or {}).get(name)
         ref_text = f"{ref['mean']:.4g} ({ref['p01']:.4g}..{ref['p99']:.4g})" if ref else ""
         src = f"  {sources.get(name, '')}" if sources else ""
-        lines.append(f"{name:<14}{lo:>10}{hi:>10}  {UNITS[name]:<30}{ref_text:<30}{src}")
+        lines.append(f"{name:<14}{lo:>10}{hi:>10}  {UNITS[name]:<34}{ref_text:<30}{src}")
     return "\n".join(lines)
 
 
 def calibration_table(rows: list[dict[str, Any]]) -> str:
     """Per fault axis: where the model starts to fail, the limit(s) guarding it, and what the gate catches."""
-    head = (f"{'axis':<16}{'severity':<20}{'fails at':>9}{'esc/fr there':>14}  {'guarded by':<31}{'limit':>9}"
+    head = (f"{'axis':<16}{'severity':<20}{'fails at':>9}{'esc/fr there':>14}  {'guarded by':<33}{'limit':>14}"
             f"{'rejected at fail':>17}{'errors passed':>15}")
     lines = [head]
     for r in rows:
         fail = "none" if r.get("failure_severity") is None else f"{r['failure_severity']:g}"
         errs = "-" if r.get("failure_escapes") is None else f"{r['failure_escapes']}/{r['failure_false_rejects']}"
         limits = r.get("limits") or {}
-        limit = " / ".join(f"{v:.3g}" for v in limits.values()) or "-"
+        keys = [k for k in str(r.get("check", "")).split(", ") if k in limits]
+        limit = " / ".join(f"{limits[k]:.3g}" for k in keys) or "-"
         caught = "-" if r.get("caught_at_failure") is None else f"{100 * r['caught_at_failure']:.0f}%"
         passed = f"{r.get('errors_passed_by_gate', 0)} of {r.get('errors', 0)}"
-        lines.append(f"{r['axis']:<16}{r.get('what', ''):<20}{fail:>9}{errs:>14}  {r.get('check', '-'):<31}"
-                     f"{limit:>9}{caught:>17}{passed:>15}")
+        lines.append(f"{r['axis']:<16}{r.get('what', ''):<20}{fail:>9}{errs:>14}  {r.get('check', '-'):<33}"
+                     f"{limit:>14}{caught:>17}{passed:>15}")
     lines.append("fails at: mildest severity misjudging more than the tolerated share of calibration images; esc/fr: "
                  "escapes / false rejects there; rejected at fail: share of those frames the gate rejects; errors "
                  "passed: misjudged frames (all severities swept) that the gate let through")

@@ -84,6 +84,7 @@ def write_artifact(path: Path | str, model: nn.Module, metadata: ArtifactMetadat
     split under `data`, and write the sealed artifact. Returns its sha256 and the domain."""
     shipped = network_from_state(metadata, stored_state(model, half=half))
     domain = domain_for_split(shipped, metadata, data=Path(data), settings=settings)
+    domain = dataclasses.replace(domain, method={**domain.method, "code_version": code_version()})
     sha = save_artifact(path, model, metadata, validity=domain, half=half)
     log.info("wrote artifact %s (%.1f MB, sha256 %s)", path, Path(path).stat().st_size / 1e6, sha[:12])
     log.info("validity domain (%s):\n%s", "calibrated" if domain.calibrated else "NOT calibrated",
