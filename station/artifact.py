@@ -236,7 +236,8 @@ def load_artifact(path: Path | str) -> LoadedArtifact:
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelArtifactError(f"model file {path}: a part of the artifact is missing: {exc}") from exc
     if text_digest(metadata_json) != digests.get("metadata_sha256"):
-        raise ModelArtifactError(f"model file {path} is corrupt: its metadata does not match the digest taken at export")
+        raise ModelArtifactError(f"model file {path} is corrupt: its metadata does not match the digest taken "
+                                 f"at export")
     groups = {"state_dict": state, "validity_tensors": validity_tensors, "reference": {"images": refs}}
     if tensor_digest(groups) != digests.get("tensors_sha256"):
         raise ModelArtifactError(f"model file {path} is corrupt: its tensors do not match the digest taken at export")

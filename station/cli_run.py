@@ -158,8 +158,9 @@ def format_gate(s: dict) -> list[str]:
     by_check = ", ".join(f"{k} {v}" for k, v in sorted(s.get("image_checks", {}).items()))
     lines = [f"image checks    {n} part(s) outside the validity domain" + (f" ({by_check})" if by_check else "")]
     raised = gate["image_quality_raised"]
-    lines.append(f"gate alarm      image_quality raised {raised} time(s), {'UP' if gate['image_quality_alarm'] else 'not up'}"
-                 f" at the end ({gate['recent_failed']} of the last {gate['recent']} measured parts failed)")
+    up = "UP" if gate["image_quality_alarm"] else "not up"
+    lines.append(f"gate alarm      image_quality raised {raised} time(s), {up} at the end "
+                 f"({gate['recent_failed']} of the last {gate['recent']} measured parts failed)")
     lines.append(f"drift           {gate['drift_warnings']} warning(s)" +
                  (": still drifting: " + "; ".join(gate["drift"].values()) if gate["drift"] else ""))
     return lines

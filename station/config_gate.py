@@ -30,8 +30,9 @@ class GateLimits(_Strict):
     bright_clip_max: float | None = Field(
         None, ge=0, le=1, description="Highest share of pixels at grey level 250-255 (0-1); null: the model's.")
     focus_min: float | None = Field(
-        None, ge=0, le=10, description="Lowest edge sharpness (steepness of the strongest edges at full resolution "
-                                       "over half resolution: about 0.8 sharp, toward 0.5 defocused); null: the model's.")
+        None, ge=0, le=10, description="Lowest edge sharpness (steepness of the strongest edges at full "
+                                       "resolution over half resolution: about 0.8 sharp, toward 0.5 defocused); "
+                                       "null: the model's.")
     noise_max: float | None = Field(
         None, ge=0, le=255, description="Highest estimated sensor noise, grey levels; null: the model's.")
     part_offset_max: float | None = Field(

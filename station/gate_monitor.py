@@ -1,16 +1,16 @@
 """Watching the gate over many parts: the `image_quality` alarm and the `drift` warning.
 
 `GateMonitor.observe` sees every verdict. The alarm counts, among the last `gate.alarm.n` parts the
-gate measured, those it failed: at `k` or more it raises `image_quality` (alarm output, PLC alarm
-code, STATUS=, events table), because a run of image_check rejects means the camera cannot see (a
-covered lens, a dead lamp, lost focus, a moved camera) and the line should stop rather than reject
-everything; it clears when the count has fallen to k // 2. The drift monitor keeps rolling means of
-every gate measure over `gate.drift.window_parts` parts and compares each with the training
-reference: when a mean has moved `gate.drift.warn_share` of the way toward its target it writes a `drift`
-WARNING event. The target is the nearer of the gate limit and the calibrated failure boundary (the
-mean value at which the model starts to misjudge parts), so a systematic shift too small to fail any
-single frame, such as a camera moved a few percent closer, is reported before it costs verdicts. It does the same for the share of unsure
-p_defect scores, the reject rate and the fail-safe rate. Both show in the summary line.
+gate measured, those it failed: at `k` or more it raises `image_quality` (alarm output, PLC alarm code,
+STATUS=, events table), because a run of image_check rejects means the camera cannot see (a covered
+lens, a dead lamp, lost focus, a moved camera) and the line should stop rather than reject everything;
+it clears when the count has fallen to k // 2. The drift monitor keeps rolling means of every gate
+measure over `gate.drift.window_parts` parts and compares each with the training reference: when a mean
+has moved `gate.drift.warn_share` of the way toward its target it writes a `drift` WARNING event. The
+target is the nearer of the gate limit and the calibrated failure boundary (the mean value at which the
+model starts to misjudge parts), so a systematic shift too small to fail any single frame, such as a
+camera moved a few percent closer, is reported before it costs verdicts. It does the same for the share
+of unsure p_defect scores, the reject rate and the fail-safe rate. Both show in the summary line.
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ class GateMonitor:
                     f"{name}: mean {mean:.4g} over the last {len(rolling.values)} parts has moved {100 * share:.0f}% "
                     f"of the way from the training reference {r:.4g} to {what} ({target:.4g})"))
         for name, rolling, most, what in (
-                ("uncertain_share", self._rates["uncertain"], d.max_uncertain_share, "of parts scored unsure (p_defect 0.1-0.9)"),
+                ("uncertain_share", self._rates["uncertain"], d.max_uncertain_share,
+                 "of parts scored unsure (p_defect 0.1-0.9)"),
                 ("reject_rate", self._rates["reject"], d.max_reject_rate, "of parts rejected"),
                 ("fail_safe_rate", self._rates["fail_safe"], d.max_fail_safe_rate, "of parts failed safe")):
             if rolling.full:

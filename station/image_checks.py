@@ -1,13 +1,13 @@
 """Cheap image measurements for the validity gate, taken on the very pixels the model sees.
 
-`ImageChecks.measure` reads the model-input image (uint8 grey, the artifact's input size, e.g.
-160 x 160: the frame after the preprocessing resize, before normalisation) and returns one number per
-check: brightness (mean grey level), contrast (grey-level standard deviation), the clipped-dark and
-clipped-bright shares, a focus measure (edge steepness at full over half resolution), a sensor-noise
-estimate and the part's position and apparent size. Measuring the model's input rather than the camera frame makes the checks cost the same at any
-camera resolution (the resize is already paid for by inference) and ties the limits to what the
-model was validated on. Everything is vectorised numpy on a 2 x 2 block-averaged copy where
-resolution does not matter; about 0.15 ms per frame on one core.
+`ImageChecks.measure` reads the model-input image (uint8 grey, the artifact's input size, e.g. 160 x
+160: the frame after the preprocessing resize, before normalisation) and returns one number per check:
+brightness (mean grey level), contrast (grey-level standard deviation), the clipped-dark and clipped-
+bright shares, a focus measure (edge steepness at full over half resolution), a sensor-noise estimate
+and the part's position and apparent size. Measuring the model's input rather than the camera frame
+makes the checks cost the same at any camera resolution (the resize is already paid for by inference)
+and ties the limits to what the model was validated on. Everything is vectorised numpy on a 2 x 2
+block-averaged copy where resolution does not matter; about 0.15 ms per frame on one core.
 """
 
 from __future__ import annotations

@@ -109,8 +109,9 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
         if classifier is not None:
             result.applied.append(f"model {classifier.describe()}")
         if new.gate != old.gate or classifier is not None:
-            result.applied.append("validity gate " + ("OFF (format-1 model)" if gate is None else
-                                                      f"limits ({len(new.gate.limits.overrides())} set by the station)"))
+            own = len(new.gate.limits.overrides())
+            result.applied.append("validity gate " + ("OFF (format-1 model)" if gate is None
+                                                      else f"limits ({own} set by the station)"))
         for warning in station.gate_warnings(scoring, gate):
             log.warning("%s", warning)
             station.record_event("WARNING", "gate", warning)

@@ -92,7 +92,8 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
 
 
 def calibration_settings(args: argparse.Namespace) -> CalibrationSettings:
-    for name, value, lo, hi in (("--margin", args.margin, 0.0, 0.95), ("--max-error-rate", args.max_error_rate, 0.0, 0.5),
+    for name, value, lo, hi in (("--margin", args.margin, 0.0, 0.95),
+                                ("--max-error-rate", args.max_error_rate, 0.0, 0.5),
                                 ("--near-copy-ncc", args.near_copy_ncc, 0.5, 1.0)):
         if not lo <= value <= hi:
             raise CalibrationError(f"{name} {value} is outside {lo}..{hi}")

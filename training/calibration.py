@@ -140,8 +140,8 @@ def fit_domain(network: nn.Module, metadata: ArtifactMetadata, *, fit_images: Se
     mild_rows = []
     for name, s in mild.items():
         esc, fr = _errors(s, is_defect, threshold)
-        mild_rows.append({"perturbation": name, "images": len(images), "image_check": int(outside_mask(limits, s.measures).sum()),
-                          "escapes": esc, "false_rejects": fr})
+        mild_rows.append({"perturbation": name, "images": len(images), "escapes": esc, "false_rejects": fr,
+                          "image_check": int(outside_mask(limits, s.measures).sum())})
     nominal_esc, nominal_fr = _errors(nominal, is_defect, threshold)
     method = {"calibrated": True, **asdict(settings), **counts, "sweep_sample": int(len(sample)),
               "fit_images": len(fit_images), "shrinkage": shrinkage, "threshold": threshold,
@@ -241,7 +241,8 @@ def _drift_boundaries(sweeps: dict[str, dict[str, Any]], reference: dict[str, di
     return found
 
 
-def _row(axis: Axis, sw: dict[str, Any], limits: dict[str, dict[str, float]], derivation: dict[str, str]) -> dict[str, Any]:
+def _row(axis: Axis, sw: dict[str, Any], limits: dict[str, dict[str, float]],
+         derivation: dict[str, str]) -> dict[str, Any]:
     """One line of the calibration table, with the per-level sweep kept for the model card."""
     is_defect = sw["is_defect"]
     levels = []
@@ -286,9 +287,10 @@ def domain_for_split(network: nn.Module, metadata: ArtifactMetadata, *, data: Pa
                                             val_fraction=float(split["val_fraction"])))
     recorded = split.get("val_fingerprint")
     if recorded and prepared["split"]["val_fingerprint"] != recorded:
+        found = prepared["split"]["val_fingerprint"]
         raise CalibrationError(f"the split recovered from {data} (seed {split['seed']}, val fraction "
                                f"{split['val_fraction']}) is not the one the model was trained with: validation "
-                               f"fingerprint {prepared['split']['val_fingerprint'][:12]}..., recorded {recorded[:12]}...")
+                               f"fingerprint {found[:12]}..., recorded {recorded[:12]}...")
     samples, labels = prepared["samples"], prepared["labels"]
     with timed(f"decoding {len(samples)} training-folder images"):
         images = tdata.decode_gray([s.path for s in samples])

@@ -149,8 +149,8 @@ def test_an_edited_and_resealed_artifact_is_refused_by_its_digests_and_reference
 
     groups = {"state_dict": state, "validity_tensors": payload["validity_tensors"],
               "reference": {"images": payload["reference_images"]}}
-    forged = {**payload, "state_dict": state,
-              "digests": {"tensors_sha256": tensor_digest(groups), "metadata_sha256": text_digest(payload["metadata_json"])}}
+    digests = {"tensors_sha256": tensor_digest(groups), "metadata_sha256": text_digest(payload["metadata_json"])}
+    forged = {**payload, "state_dict": state, "digests": digests}
     _write_sealed(tmp_path / "forged.pt", forged)
     with pytest.raises(ModelArtifactError, match="reference check.*logit"):
         load_artifact(tmp_path / "forged.pt")

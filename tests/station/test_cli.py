@@ -213,7 +213,8 @@ reject: {actuator: {kind: log}}
 
 
 def test_demo_runs_with_simulated_plc(tmp_path):
-    """The Quick start demo, with a tiny model when the shipped one is not built yet."""
+    """The Quick start demo, with a tiny model when the shipped one is not built yet: 32 parts, so the
+    lens-cover episode (parts 25-32) shows the gate rejecting and the image_quality alarm."""
     shipped = REPO / "models" / "impeller-resnet18.pt"
     config = (REPO / "config" / "demo.yaml").read_text()
     config = config.replace("../var/demo", str(tmp_path / "demo-log"))
@@ -223,18 +224,26 @@ def test_demo_runs_with_simulated_plc(tmp_path):
     else:
         config = config.replace("../models/impeller-resnet18.pt", str(shipped))
     cfg = write_config(tmp_path / "demo.yaml", config)
-    result = station("demo", "-c", str(cfg), "--parts", "8", "--rate", "5")
+    result = station("demo", "-c", str(cfg), "--parts", "32", "--rate", "12")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("part ") >= 8
+    part_lines = [line for line in result.stdout.splitlines() if line.startswith("part ")]
+    assert len(part_lines) == 32
+    assert all(any(f"[{kind}]" in line for kind in ("drawn with a defect", "drawn without defect", "lens covered",
+                                                   "broken buffer")) for line in part_lines), \
+        "each line says what the renderer drew"
+    covered = [line for line in part_lines if "[lens covered]" in line]
+    assert covered and all("reject" in line and "image_check" in line for line in covered)
+    assert "no accuracy claim" in result.stdout and "rendered        " in result.stdout
+    assert "image_quality raised 1 time(s)" in result.stdout
     assert "PLC simulated by pymodbus on 127.0.0.1" in result.stdout and "PLC saw" in result.stdout
     # demo.yaml asks for backend auto: onnxruntime on a machine without CUDA.
     import torch
     assert ("(torch on cuda)" if torch.cuda.is_available() else "(onnxruntime on cpu)") in result.stdout
     conn = sqlite3.connect(tmp_path / "demo-log" / "trace.sqlite")
     conn.row_factory = sqlite3.Row
-    rows = conn.execute("SELECT decision, actuator_result, actuator_error FROM parts").fetchall()
+    rows = conn.execute("SELECT decision, reason, actuator_result, actuator_error FROM parts").fetchall()
     conn.close()
-    assert len(rows) == 8
+    assert len(rows) == 32 and sum(r["reason"] == "image_check" for r in rows) == len(covered)
     rejects = len(own_pulse_rows([r for r in rows if r["decision"] == "reject"]))
     expected = f"PLC saw         {rejects} reject pulse(s)" if rejects else "PLC saw         no reject pulse"
     assert expected in result.stdout, "the simulated PLC saw exactly one pulse per reject"

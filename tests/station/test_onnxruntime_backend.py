@@ -18,7 +18,9 @@ from support import casting_data_dir, make_frames, make_tiny_model, query, requi
 from station.artifact import ModelArtifactError, TinyNet, load_artifact
 from station.cameras.replay import list_frames, load_image
 from station.classifier import Classifier
+from station.config_gate import GateLimits
 from station.configfile import ConfigError, load_config
+from station.gate import Gate
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "impeller-resnet18.pt"
 
@@ -87,25 +89,35 @@ def test_onnxruntime_on_cuda_is_a_config_error_naming_the_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_shipped_model_gives_the_same_verdicts_on_both_backends_on_the_test_split():
+def test_shipped_model_gives_the_same_verdicts_and_gate_decisions_on_both_backends_on_the_test_split():
+    """Every one of the 715 test images: same verdict, same p_defect (to 1e-4), same validity-gate decision
+    (the same failed checks, novelty from each backend's own `features` output to 1e-3 relative)."""
     data = casting_data_dir() / "test"
     require_component(SHIPPED_MODEL.is_file(), f"the shipped model {SHIPPED_MODEL}")
     require_component(data.is_dir(), f"the casting test split {data}")
     artifact = load_artifact(SHIPPED_MODEL)
+    assert artifact.validity is not None
     on_torch = Classifier(artifact, device="cpu", warmup_runs=0, backend="torch")
     on_ort = Classifier(load_artifact(SHIPPED_MODEL), device="cpu", warmup_runs=0, backend="onnxruntime")
+    gate = Gate.build(artifact.validity, GateLimits())
     threshold = artifact.metadata.recommended_threshold
     paths = list_frames(data)
     assert len(paths) == 715
-    worst, flipped = 0.0, []
+    worst, worst_novelty, flipped, gate_differs = 0.0, 0.0, [], []
     for path in paths:
         image = load_image(path)
-        p_torch, p_ort = on_torch.predict(image), on_ort.predict(image)
-        worst = max(worst, abs(p_torch - p_ort))
-        if (p_torch >= threshold) != (p_ort >= threshold):
+        a, b = on_torch.assess(image), on_ort.assess(image)
+        worst = max(worst, abs(a.p_defect - b.p_defect))
+        worst_novelty = max(worst_novelty, abs(a.measures["novelty"] - b.measures["novelty"]) / a.measures["novelty"])
+        if (a.p_defect >= threshold) != (b.p_defect >= threshold):
             flipped.append(path.name)
+        if gate.check(a.measures).failed != gate.check(b.measures).failed:
+            gate_differs.append(path.name)
+        assert {k: v for k, v in a.measures.items() if k != "novelty"} == \
+            {k: v for k, v in b.measures.items() if k != "novelty"}, "image checks see the same pixels"
     assert not flipped, f"verdicts differ between backends: {flipped}"
-    assert worst < 1e-4, worst
+    assert not gate_differs, f"gate decisions differ between backends: {gate_differs}"
+    assert worst < 1e-4 and worst_novelty < 1e-3, (worst, worst_novelty)
 
 
 def test_auto_backend_is_torch_on_cuda_else_onnxruntime():

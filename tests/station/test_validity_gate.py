@@ -24,7 +24,7 @@ from support import REPO, make_tiny_model, query, write_config
 from station.actuators import plc_handshake as hs
 from station.app import Station
 from station.artifact import load_artifact
-from station.cameras.synthetic import covered_lens, render_impeller
+from station.cameras.synthetic import render_impeller
 from station.config_gate import GateLimits
 from station.configfile import ConfigError, load_config
 from station.gate import Gate, GateConfigError
@@ -98,7 +98,8 @@ gate:
         load_config(bad)
     issues = {i.key: i for i in err.value.issues}
     assert issues["gate.limits.brightness_min"].line == 4
-    assert issues["gate.alarm.k"].line == 6 and "cannot fail among the last gate.alarm.n" in issues["gate.alarm.k"].message
+    alarm = issues["gate.alarm.k"]
+    assert alarm.line == 6 and "cannot fail among the last gate.alarm.n" in alarm.message
     result = station_cmd("check-config", str(bad), cwd=tmp_path)
     assert result.returncode == 2 and "gate.limits.brightness_min" in result.stderr
 
@@ -137,7 +138,11 @@ gate: {{alarm: {{k: 3, n: 6}}}}
 reject:
   delay_ms: 300
   pulse_ms: 20
-  actuator: {{kind: plc_handshake, link: {{transport: tcp, host: 127.0.0.1, port: {sim_plc.port}}}, register_base: {BASE}, heartbeat_ms: 50}}
+  actuator:
+    kind: plc_handshake
+    link: {{transport: tcp, host: 127.0.0.1, port: {sim_plc.port}}}
+    register_base: {BASE}
+    heartbeat_ms: 50
 tracelog: {{dir: log, images: none}}
 """))
     station = Station(cfg)
