@@ -179,6 +179,7 @@ tracelog: {dir: log}
     assert "parts           10" in out and "accuracy 50.00%" in out
     assert "escapes         5" in out and "false rejects   0" in out
     assert "capture->verdict p50" in out
+    assert "image checks    0 part(s) outside the validity domain" in out and "gate alarm      image_quality" in out
     export = station("trace", "export", "-c", str(cfg), "--since", "1h", "--csv", cwd=tmp_path)
     assert export.returncode == 0, export.stderr
     table = list(csv.DictReader(io.StringIO(export.stdout)))

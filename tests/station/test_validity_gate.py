@@ -276,3 +276,25 @@ tracelog: {dir: log, images: none}
     rows = query(tmp_path / "log" / "trace.sqlite", "SELECT seq, reason, gate_failed FROM parts ORDER BY seq")
     assert all(r["reason"] == "model" for r in rows[:3])
     assert all(r["reason"] == "image_check" and "brightness_max" in r["gate_failed"] for r in rows[cut + 1:])
+
+
+def test_replay_reports_image_check_rejects_by_check(tmp_path):
+    from support import make_frames
+
+    frames = make_frames(tmp_path / "frames", defective=3, ok=3, size=96)
+    for name, level in (("zz_black.png", 0), ("zz_white.png", 255)):
+        Image.fromarray(np.full((96, 96), level, np.uint8)).save(frames / "ok_front" / name)
+    make_tiny_model(tmp_path / "tiny.pt")
+    cfg = write_config(tmp_path / "s.yaml", """
+camera: {kind: replay, path: frames}
+model: {path: tiny.pt, device: cpu}
+decision: {threshold: 0.999999, deadline_ms: 300}
+reject: {actuator: {kind: log}}
+tracelog: {dir: log, images: none}
+""")
+    result = station_cmd("replay", "frames", "-c", str(cfg), "--as-fast-as-possible", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("image checks"))
+    assert line.startswith("image checks    2 part(s) outside the validity domain")
+    assert "brightness_min 1" in line and "brightness_max 1" in line and "contrast_min 2" in line
+    assert "image_check 2" in result.stdout and "false rejects   2" in result.stdout
