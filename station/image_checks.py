@@ -58,7 +58,8 @@ class _GradientBuffers:
 
 
 class ImageChecks:
-    """Measures model-input images; keeps its work arrays between frames (one set per image size)."""
+    """Measures model-input images; keeps its work arrays between frames (one set per image size), so one
+    instance serves one thread at a time (each Classifier has its own, used by its inference worker)."""
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[int, int], _Buffers] = {}
