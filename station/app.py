@@ -31,9 +31,8 @@ from station.classifier import Classifier, InferenceWorker
 from station.config import StationConfig
 from station.configfile import LoadedConfig
 from station.decision import DeadlineWatch, DecisionMaker, DecisionSettings
-from station.gate import Gate
-from station.gate_monitor import ALARM as IMAGE_QUALITY_ALARM
-from station.gate_monitor import GateMonitor
+from station.gate import ALARM as IMAGE_QUALITY_ALARM
+from station.gate import Gate, GateMonitor
 from station.health import Health, Stats
 from station.records import ActuationReport, Frame, Prediction, Reason, Verdict
 from station.reload import ReloadResult, apply_reload

@@ -6,7 +6,7 @@ Format `impeller-artifact/2`: a `torch.save` of plain data that loads with `torc
 training code version, the validity domain's limits, reference statistics and calibration table, and
 the reference inputs' expected scores), `state_dict` (the weights), `validity_tensors` (the novelty
 fit), `reference_images`, and `digests` (sha256 of the tensors and of the metadata text, taken at
-export). The zip archive's comment carries a seal over every other byte (`station.artifact_seal`).
+export). The zip archive's comment carries a seal over every other byte (`station.artifact_integrity`).
 `load_artifact` checks the seal before parsing, then the digests, shapes, finite weights, and scores
 the reference inputs; anything missing, corrupt or mismatched raises a one-line `ModelArtifactError`.
 Format `impeller-artifact/1` (no seal, no validity domain) still loads, with `legacy` set: the station
@@ -29,11 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from station.artifact_seal import SealError, has_seal, seal, tensor_digest, text_digest, verify_seal
+from station.artifact_integrity import (
+    ReferenceMismatch, SealError, compare_references, has_seal, reference_images, score_references, seal, tensor_digest,
+    text_digest, verify_seal,
+)
 from station.network import SUPPORTED_ARCHITECTURES, TinyNet, UnknownArchitecture, WithFeatures
 from station.network import build_model as _build_network
 from station.preprocess import Preprocess
-from station.reference_check import ReferenceMismatch, compare_references, reference_images, score_references
 from station.validity import ValidityDomain, ValidityError
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from station.network import WithFeatures
 from station.ort_backend import OnnxRuntimeRunner
 from station.preprocess import FrameFormatError
 from station.records import Frame, GateResult, Prediction, Reason
-from station.reference_check import ReferenceMismatch, compare_references, score_references, softmax
+from station.artifact_integrity import ReferenceMismatch, compare_references, score_references, softmax
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from station.artifact import ModelArtifactError
 from station.network import WithFeatures
-from station.reference_check import softmax
+from station.artifact_integrity import softmax
 
 log = logging.getLogger(__name__)
 

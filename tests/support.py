@@ -67,7 +67,7 @@ def rendered_domain(model, meta, *, per_size: int = 24):
         for i in range(per_size):
             images.append(render_impeller(rng, size, defective=i % 2 == 0))
             labels.append(0 if i % 2 == 0 else 1)
-    return spread_domain(model, meta.preprocess, images, labels, defective_index=0, pad=2.0)
+    return spread_domain(model, meta.preprocess, images, labels=labels, defective_index=0, pad=2.0)
 
 
 def make_frames(folder: Path, *, defective: int, ok: int, size: int = 96, seed: int = 0) -> Path:

@@ -26,9 +26,9 @@ import numpy as np
 from torch import nn
 
 from station.artifact import ArtifactMetadata
-from station.validity import ALL_MEASURES, LIMIT_SIDES, ValidityDomain, outside_mask
+from station.validity import ALL_MEASURES, LIMIT_SIDES, NoveltyModel, ValidityDomain, outside_mask
 from training import nearcopy
-from training.perturb import AXES, MILD, Axis
+from training.perturb import AXES, MILD, Axis, Perturb
 from training.validity import (
     RANGE, Scores, _now, fit_novelty, merge_measures, reference_stats, score_images, spread_limits, timed,
 )
@@ -54,7 +54,8 @@ class CalibrationSettings:
     seed: int = 0
 
 
-def _perturbed(images: Sequence[np.ndarray], fn, value: float | None, seed: int, salt: int) -> list[np.ndarray]:
+def _perturbed(images: Sequence[np.ndarray], fn: Perturb, value: float | None, *, seed: int,
+               salt: int) -> list[np.ndarray]:
     """`fn` applied to every image; `value` None: a random angle in [0, 360) per image (rotation).
     One generator per image and purpose: an image gets the same noise or direction on every run."""
     out = []
@@ -69,7 +70,7 @@ def _errors(scores: Scores, is_defect: np.ndarray, threshold: float) -> tuple[in
     return int(np.sum(is_defect & ~reject)), int(np.sum(~is_defect & reject))
 
 
-def _calibration_set(fit_thumbs: np.ndarray, images: Sequence[np.ndarray], labels: Sequence[int],
+def _calibration_set(fit_thumbs: np.ndarray, images: Sequence[np.ndarray], labels: Sequence[int], *,
                      settings: CalibrationSettings) -> tuple[list[int], dict[str, int]]:
     """Indices of candidates with no near-copy among the training images, one per near-copy group."""
     thumbs = np.stack([nearcopy.thumbnail(img) for img in images])
@@ -109,7 +110,7 @@ def fit_domain(network: nn.Module, metadata: ArtifactMetadata, *, fit_images: Se
     fit_scores = fit_scores.with_novelty(novelty)
     with timed("near-copy grouping"):
         fit_thumbs = np.stack([nearcopy.thumbnail(img) for img in fit_images])
-        keep, counts = _calibration_set(fit_thumbs, candidate_images, candidate_labels, settings)
+        keep, counts = _calibration_set(fit_thumbs, candidate_images, candidate_labels, settings=settings)
     if len(keep) < MIN_CALIBRATION_IMAGES:
         raise CalibrationError(f"only {len(keep)} calibration images are not near-copies of a training image; "
                                f"need at least {MIN_CALIBRATION_IMAGES}")
@@ -117,7 +118,7 @@ def fit_domain(network: nn.Module, metadata: ArtifactMetadata, *, fit_images: Se
     is_defect = np.array([candidate_labels[i] == di for i in keep])
     with timed(f"scoring {len(images)} calibration images and their mild variations"):
         nominal = score_images(network, pre, images, defective_index=di, novelty=novelty)
-        mild = {name: score_images(network, pre, _perturbed(images, fn, value, settings.seed, 1000 + k),
+        mild = {name: score_images(network, pre, _perturbed(images, fn, value, seed=settings.seed, salt=1000 + k),
                                    defective_index=di, novelty=novelty)
                 for k, (name, fn, value) in enumerate(MILD)}
     keep_set = merge_measures(fit_scores.measures, nominal.measures, *(s.measures for s in mild.values()))
@@ -131,10 +132,11 @@ def fit_domain(network: nn.Module, metadata: ArtifactMetadata, *, fit_images: Se
     sweeps = {}
     with timed(f"perturbation sweeps on {len(sample)} images"):
         for k, axis in enumerate(AXES):
-            sweeps[axis.name] = _sweep(axis, network, metadata, [images[i] for i in sample], is_defect[sample],
-                                       novelty, settings, salt=k, baseline_errors=baseline_errors)
+            sweeps[axis.name] = _sweep(axis, network, metadata, images=[images[i] for i in sample],
+                                       is_defect=is_defect[sample], novelty=novelty, settings=settings, salt=k,
+                                       baseline_errors=baseline_errors)
     limits, derivation = _limits(sweeps, keep_bound)
-    rows = [_row(AXES[k], sweeps[AXES[k].name], limits, derivation) for k in range(len(AXES))]
+    rows = [_row(AXES[k], sweeps[AXES[k].name], limits, derivation=derivation) for k in range(len(AXES))]
     reference = reference_stats(nominal.measures, nominal.p_defect)
     boundaries = _drift_boundaries(sweeps, reference)
     mild_rows = []
@@ -156,8 +158,8 @@ def fit_domain(network: nn.Module, metadata: ArtifactMetadata, *, fit_images: Se
                           drift_boundaries=boundaries)
 
 
-def _sweep(axis: Axis, network: nn.Module, metadata: ArtifactMetadata, images: list[np.ndarray],
-           is_defect: np.ndarray, novelty, settings: CalibrationSettings, *, salt: int,
+def _sweep(axis: Axis, network: nn.Module, metadata: ArtifactMetadata, *, images: list[np.ndarray],
+           is_defect: np.ndarray, novelty: NoveltyModel, settings: CalibrationSettings, salt: int,
            baseline_errors: int) -> dict[str, Any]:
     """Score `images` at the axis's severities up to one level past the failure boundary (errors beyond
     the model's own `baseline_errors` on the unperturbed images), then at the limit severity `margin`
@@ -166,7 +168,7 @@ def _sweep(axis: Axis, network: nn.Module, metadata: ArtifactMetadata, images: l
     levels: list[dict[str, Any]] = []
     failure = None
     for value in axis.levels:
-        s = score_images(network, pre, _perturbed(images, axis.apply, value, settings.seed, salt),
+        s = score_images(network, pre, _perturbed(images, axis.apply, value, seed=settings.seed, salt=salt),
                          defective_index=di, novelty=novelty)
         esc, fr = _errors(s, is_defect, t)
         levels.append({"severity": value, "escapes": esc, "false_rejects": fr, "scores": s})
@@ -179,8 +181,8 @@ def _sweep(axis: Axis, network: nn.Module, metadata: ArtifactMetadata, images: l
     if failure is not None:
         at = axis.toward(failure, 1.0 - settings.margin)
         out["limit_severity"] = at
-        out["limit_scores"] = score_images(network, pre, _perturbed(images, axis.apply, at, settings.seed, salt),
-                                           defective_index=di, novelty=novelty)
+        perturbed = _perturbed(images, axis.apply, at, seed=settings.seed, salt=salt)
+        out["limit_scores"] = score_images(network, pre, perturbed, defective_index=di, novelty=novelty)
     log.info("axis %s: failure boundary %s", axis.name, "none in the tested range" if failure is None else failure)
     return out
 
@@ -241,7 +243,7 @@ def _drift_boundaries(sweeps: dict[str, dict[str, Any]], reference: dict[str, di
     return found
 
 
-def _row(axis: Axis, sw: dict[str, Any], limits: dict[str, dict[str, float]],
+def _row(axis: Axis, sw: dict[str, Any], limits: dict[str, dict[str, float]], *,
          derivation: dict[str, str]) -> dict[str, Any]:
     """One line of the calibration table, with the per-level sweep kept for the model card."""
     is_defect = sw["is_defect"]
@@ -314,5 +316,5 @@ def fit_or_spread(network: nn.Module, metadata: ArtifactMetadata, *, fit_images:
         from training.validity import spread_domain
 
         return spread_domain(network, metadata.preprocess, [*fit_images, *candidate_images],
-                             [*fit_labels, *candidate_labels], defective_index=metadata.defective_index,
+                             labels=[*fit_labels, *candidate_labels], defective_index=metadata.defective_index,
                              training_images=len(fit_images))

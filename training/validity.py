@@ -26,7 +26,7 @@ from torch import nn
 from station.image_checks import MEASURES, ImageChecks
 from station.network import WithFeatures
 from station.preprocess import Preprocess
-from station.reference_check import softmax
+from station.artifact_integrity import softmax
 from station.validity import ALL_MEASURES, LIMIT_SIDES, NoveltyModel, ValidityDomain
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,9 @@ def merge_measures(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([p[name] for p in parts]) for name in ALL_MEASURES}
 
 
-def spread_domain(network: nn.Module, preprocess: Preprocess, images: Sequence[np.ndarray], labels: Sequence[int], *,
-                  defective_index: int, pad: float = 0.5, training_images: int | None = None) -> ValidityDomain:
+def spread_domain(network: nn.Module, preprocess: Preprocess, images: Sequence[np.ndarray], *,
+                  labels: Sequence[int], defective_index: int, pad: float = 0.5,
+                  training_images: int | None = None) -> ValidityDomain:
     """A domain without perturbation calibration: novelty fitted on the first `training_images` images
     (default all), limits from the spread of all of them widened by `pad`. For test networks and tiny
     data sets (seconds); a product model is calibrated with `training.calibration.fit_domain`."""

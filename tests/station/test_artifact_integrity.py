@@ -25,7 +25,7 @@ from support import REPO, make_tiny_model, require_component, write_config
 
 from station.app import Station
 from station.artifact import LEGACY_FORMAT, ArtifactMetadata, ModelArtifactError, TinyNet, load_artifact
-from station.artifact_seal import SEAL_LENGTH, seal, tensor_digest, text_digest
+from station.artifact_integrity import SEAL_LENGTH, seal, tensor_digest, text_digest
 from station.configfile import load_config
 from station.preprocess import Preprocess
 
