@@ -91,6 +91,8 @@ def bench_config(loaded: LoadedConfig, log_dir: Path, *, keep_actuator: bool) ->
         "reject": reject,
         "alarm": cfg.alarm.model_copy(update={"actuator": None}),
         "decision": cfg.decision.model_copy(update={"threshold": 1e-12, "deadline_ms": 60_000.0}),
+        # Every part is forced to a reject: a drift warning about the reject rate would only be noise.
+        "gate": cfg.gate.model_copy(update={"drift": cfg.gate.drift.model_copy(update={"window_parts": 100_000})}),
         "tracelog": cfg.tracelog.model_copy(update={"dir": log_dir, "images": "none"}),
     })
     return LoadedConfig(config=config, path=loaded.path, sha256=loaded.sha256)
