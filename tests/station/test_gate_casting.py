@@ -142,7 +142,7 @@ def test_a_failed_lamp_raises_the_image_quality_alarm_in_a_station_run(casting, 
     assert len(alarms) == 1 and summary["gate"]["image_quality_raised"] == 1
 
 
-def load(tmp_path: Path, folder: Path):
+def load(tmp_path: Path, folder: Path, *, extra: str = "gate: {alarm: {k: 4, n: 8}}\n"):
     from station.configfile import load_config
 
     return load_config(write_config(tmp_path / "s.yaml", f"""
@@ -150,6 +150,24 @@ camera: {{kind: replay, path: {folder}, rate_parts_per_s: null, order: sorted}}
 model: {{path: {SHIPPED_MODEL}, device: cpu, warmup_runs: 0, backend: onnxruntime}}
 decision: {{deadline_ms: 2000}}
 reject: {{delay_ms: 2500, pulse_ms: 5, actuator: {{kind: log}}}}
-gate: {{alarm: {{k: 4, n: 8}}}}
 tracelog: {{dir: log, images: none}}
-"""))
+""" + extra))
+
+
+@pytest.mark.slow
+def test_a_camera_moved_five_percent_closer_passes_single_frames_but_raises_drift(casting, tmp_path):
+    """5 % closer is inside the natural spread of part sizes, so single frames pass the gate, but the
+    rolling mean of part_size crosses half the way to the calibrated failure boundary: a drift warning."""
+    d = casting["is_defect"]
+    folder = tmp_path / "frames"
+    for n, i in enumerate(_sample(d, 40, seed=14)):
+        label = "def_front" if d[i] else "ok_front"
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(perturb.zoom(casting["images"][i], 1.05)).save(folder / label / f"{n:03d}.png")
+    cfg = load(tmp_path, folder, extra="gate: {drift: {window_parts: 30}, alarm: {k: 4, n: 8}}\n")
+    _, summary = run_to_end(cfg, timeout_s=180)
+    db = tmp_path / "log" / "trace.sqlite"
+    drift = query(db, "SELECT message FROM events WHERE kind = 'drift' AND message LIKE 'part_size%'")
+    assert drift and "where the model starts to misjudge parts" in drift[0]["message"], drift
+    assert summary["fail_safe"].get("image_check", 0) <= 2, "single frames stay inside the per-frame limits"
+    assert summary["gate"]["image_quality_raised"] == 0
