@@ -126,7 +126,7 @@ BASE = 100  # handshake register base
 
 def test_a_covered_lens_is_rejected_alarmed_to_the_plc_and_logged_never_ok(tmp_path, sim_plc):
     """A lens-cover episode of 10 parts with decision.fail_safe: ok: every covered part is an image_check
-    reject, image_quality rises (ALARM_CODE bit 2 at the PLC, events table, summary line) and clears once
+    reject, image_quality rises (ALARM_CODE 2 at the PLC, events table, summary line) and clears once
     parts are visible again; every row keeps p_defect and what the gate measured."""
     make_tiny_model(tmp_path / "tiny.pt")
     cfg = load_config(write_config(tmp_path / "s.yaml", f"""
