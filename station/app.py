@@ -1,11 +1,13 @@
 """The `Station`: builds every stage from the config, starts them in order and stops them in order.
 
 Start: every output to its safe state (its own worker thread; a PLC that is down is an alarm, not a
-failure) -> model (refuses to start on a bad model) -> trace log -> reject scheduler, deadline watch,
-inference worker -> camera capture; the live-state socket for the HMI (`station.control`, when
-`hmi.control_socket` is set) starts last and stops first. Stop: capture first, then every part in
-flight is scored or failed safe, every scheduled pulse fires, outputs are switched off, and the trace
-log is flushed and closed; no thread is left.
+failure) -> model (refuses to start on a bad model) and its validity gate (the artifact's limits with
+the YAML's `gate.limits`; a format-1 model runs with the gate off and a warning at every start) ->
+trace log -> reject scheduler, deadline watch, inference worker -> camera capture; the live-state
+socket for the HMI (`station.control`, when `hmi.control_socket` is set) starts last and stops first.
+Every verdict also goes to the `GateMonitor`, which raises the `image_quality` alarm and writes `drift`
+warnings. Stop: capture first, then every part in flight is scored or failed safe, every scheduled
+pulse fires, outputs are switched off, and the trace log is flushed and closed; no thread is left.
 While running, the service's supervisor may `restart_stage` a stage thread that died (a fresh thread
 from the same factory, on the same queues and state), and SIGHUP calls `reload` (`station.reload`).
 """
@@ -22,13 +24,17 @@ from typing import Callable
 
 from station.actuators import build_actuator
 from station.actuators.base import Actuator
+from station.actuators.plc_handshake import ALARM_IMAGE_QUALITY, ALARM_STATION_UNHEALTHY
 from station.cameras import build_camera
 from station.cameras.base import Camera
 from station.capture import CaptureThread
 from station.classifier import Classifier, InferenceWorker
+from station.config import StationConfig
 from station.configfile import LoadedConfig
 from station.control import ControlServer
 from station.decision import DeadlineWatch, DecisionMaker, DecisionSettings
+from station.gate import ALARM as IMAGE_QUALITY_ALARM
+from station.gate import Gate, GateMonitor
 from station.health import Health, Stats
 from station.live_state import LiveState
 from station.output_worker import OutputWorker
@@ -56,7 +62,7 @@ class Station:
         self.report_listeners: list[Callable[[ActuationReport], None]] = []
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         self.stats = Stats()
-        self.health = Health(on_change=self._health_changed)
+        self.health = Health()
         self.reject_actuator: Actuator | None = None
         self.alarm_actuator: Actuator | None = None
         self.reject_worker: OutputWorker | None = None  # the only thread that talks to the reject device
@@ -68,11 +74,13 @@ class Station:
         self.deadline_watch: DeadlineWatch | None = None
         self.decision: DecisionMaker | None = None
         self.frames: queue.Queue = queue.Queue(maxsize=self.config.queues.frames)
+        self.gate: Gate | None = None
+        self.gate_monitor = GateMonitor(alarm=self.config.gate.alarm, drift=self.config.gate.drift, limits=None,
+                                        reference=None, on_alarm=self.set_alarm, on_event=self.record_event)
         self._housekeeping: threading.Thread | None = None
         self._stop_housekeeping = threading.Event()
         self.live = LiveState(self)
         self.control: ControlServer | None = None
-        self._alarm_output_wanted = False
         self._trace_rows_lost: str | None = None  # why rows cannot be kept right now, None while they can
         self.started = False
         self.stopped = False
@@ -97,6 +105,7 @@ class Station:
             torch.set_num_threads(cfg.model.threads)
         threshold = cfg.decision.threshold if cfg.decision.threshold is not None \
             else self.classifier.recommended_threshold
+        self.gate = self.build_gate(self.classifier, cfg)
         if self.camera is None:
             self.camera = build_camera(cfg.camera)
         self.tracelog = self._new_tracelog(
@@ -114,7 +123,7 @@ class Station:
         assert self.reject_worker is not None
         self.scheduler = self._new_scheduler(self.reject_worker)
         self.deadline_watch = DeadlineWatch(self.decision)
-        self.worker = InferenceWorker(self.frames, self.classifier, self.decision.on_prediction)
+        self.worker = InferenceWorker(self.frames, self.classifier, self.decision.on_prediction, gate=self.gate)
         self.capture = self._new_capture(first_seq)
         self.tracelog.start()
         self.tracelog.event("INFO", "start", f"run {self.run_id}: model {self.classifier.describe()}, "
@@ -122,6 +131,9 @@ class Station:
                                              f"reject via {self.reject_actuator.describe()}")
         for name, message in self.health.alarms().items():  # raised before the log was open (outputs)
             self.tracelog.event("ERROR", "alarm", f"{name}: {message}")
+        for warning in self.gate_warnings(self.classifier, self.gate):
+            log.warning("%s", warning)
+            self.tracelog.event("WARNING", "gate", warning)
         self.scheduler.start()
         self.deadline_watch.start()
         self.worker.start()
@@ -165,6 +177,48 @@ class Station:
             with actuator.lock:
                 actuator.close()
 
+    # ---- the validity gate -------------------------------------------------------------------------
+    def build_gate(self, classifier: Classifier, config: StationConfig) -> Gate | None:
+        """The gate for this classifier and config (None: a format-1 model has no validity domain), and the
+        monitor set to its limits. Raises GateConfigError (a ModelArtifactError) when the YAML's limits
+        do not fit the model."""
+        gate = None if classifier.domain is None else Gate.build(classifier.domain, config.gate.limits)
+        self._monitor_settings(classifier, gate, config)
+        return gate
+
+    def use_scoring(self, classifier: Classifier, gate: Gate | None, config: StationConfig) -> None:
+        """Score from the next frame on with this classifier and gate (a live reload of the model or of
+        `gate:`); the monitor restarts its windows on the new limits."""
+        assert self.worker is not None
+        self.worker.use(classifier, gate)
+        self.classifier, self.gate = classifier, gate
+        self._monitor_settings(classifier, gate, config)
+
+    def _monitor_settings(self, classifier: Classifier, gate: Gate | None, config: StationConfig) -> None:
+        domain = classifier.domain
+        self.gate_monitor.update_settings(alarm=config.gate.alarm, drift=config.gate.drift,
+                                          limits=gate.limits if gate else None,
+                                          reference=domain.reference if domain else None,
+                                          boundaries=domain.drift_boundaries if domain else None)
+
+    @staticmethod
+    def gate_warnings(classifier: Classifier, gate: Gate | None) -> list[str]:
+        """What an operator must hear at every start about the gate: off, uncalibrated or widened."""
+        domain = classifier.domain
+        if domain is None:
+            return [f"VALIDITY GATE OFF: {classifier.artifact.legacy_warning()}"]
+        out = []
+        if not domain.calibrated:
+            out.append(f"validity gate of {classifier.model_id} is NOT calibrated by perturbation "
+                       f"({domain.method.get('limits', 'limits from the spread of its fit images')})")
+        if gate is not None:
+            out += [f"{w}: frames beyond the model's validated domain reach the model" for w in gate.widened]
+        return out
+
+    def summary_line(self) -> str:
+        """Counters and the gate's state: the summary log line and the service's STATUS=."""
+        return f"{self.stats.line()}; {self.gate_monitor.line()}"
+
     # ---- stage factories (start, and the supervisor's restarts) ------------------------------------
     def _new_scheduler(self, worker: OutputWorker) -> RejectScheduler:
         return RejectScheduler(worker, delay_ms=self.config.reject.delay_ms)
@@ -204,6 +258,7 @@ class Station:
     def _on_verdict(self, verdict: Verdict, frame: Frame) -> None:
         self.stats.add_verdict(verdict)
         self.live.on_verdict(verdict)
+        self.gate_monitor.observe(verdict)
         assert self.scheduler is not None and self.tracelog is not None
         self.scheduler.submit(verdict)
         self.tracelog.record(verdict, frame)
@@ -248,8 +303,14 @@ class Station:
             self.tracelog.event("ERROR" if message else "INFO", "alarm" if message else "alarm_cleared",
                                 f"{name}: {message}" if message else name)
 
-    def _health_changed(self, healthy: bool) -> None:
-        self._alarm_output_wanted = not healthy
+    def alarm_code(self) -> int:
+        """The PLC handshake's ALARM_CODE: bit 0 an alarm other than image_quality (station unhealthy),
+        bit 1 image_quality (the camera cannot see: stop the line). 0 when healthy."""
+        alarms = self.health.alarms()
+        code = ALARM_IMAGE_QUALITY if IMAGE_QUALITY_ALARM in alarms else 0
+        if any(name != IMAGE_QUALITY_ALARM for name in alarms):
+            code |= ALARM_STATION_UNHEALTHY
+        return code
 
     def _housekeep(self) -> None:
         """Alarm output and the periodic summary line, every 100 ms (the output workers do the I/O)."""
@@ -258,22 +319,23 @@ class Station:
             self._sync_alarm_output()
             if time.monotonic() >= next_summary:
                 next_summary += self.config.station.summary_interval_s
-                log.info("summary: %s; %s", self.stats.line(), self.health.summary())
+                log.info("summary: %s; %s", self.summary_line(), self.health.summary())
 
     def _sync_alarm_output(self) -> None:
-        """The alarm output follows health; a PLC handshake link also carries it as its alarm code."""
-        want = self._alarm_output_wanted
+        """The alarm output follows health (on while any alarm is up); a PLC handshake link carries the
+        alarm code instead, which tells image_quality apart from the other alarms. The output workers
+        do the I/O and keep at it until the device confirms."""
+        code = self.alarm_code()
         for worker in (self.alarm_worker, self.reject_worker if self.reject_worker is not None
                        and self.reject_worker.owns_timing else None):
             if worker is not None:
-                worker.set_level(want)
-
+                worker.set_level(code)
     def replace_alarm_output(self, actuator: Actuator) -> Actuator | None:
         """Drive the alarm lamp through `actuator` (opened by the caller) from now on; return the previous
         actuator, its worker stopped, for the caller to close (live reload)."""
         previous, previous_worker = self.alarm_actuator, self.alarm_worker
         worker = self._new_output_worker(actuator, "alarm", opened=True)
-        worker.set_level(self._alarm_output_wanted)
+        worker.set_level(self.alarm_code())
         worker.start()
         self.alarm_actuator, self.alarm_worker = actuator, worker
         if previous_worker is not None:
@@ -357,11 +419,12 @@ class Station:
         summary["camera"] = dict(self.camera.counters) if self.camera else {}
         summary["overruns"] = self.capture.overruns
         summary["alarms_raised"] = self.health.raised_total
-        self.tracelog.event("INFO", "stop", f"run {self.run_id} stopped: {self.stats.line()}")
+        summary["gate"] = self.gate_monitor.snapshot()
+        self.tracelog.event("INFO", "stop", f"run {self.run_id} stopped: {self.summary_line()}")
         self.tracelog.finish_run(json.dumps(summary, default=str))
         self.tracelog.stop()
         self.tracelog.join(timeout=10.0)
-        log.info("station stopped: %s", self.stats.line())
+        log.info("station stopped: %s", self.summary_line())
         return summary
 
     def threads(self) -> list[threading.Thread]:
@@ -402,7 +465,7 @@ class Station:
         elif name == "inference":
             assert isinstance(old, InferenceWorker)
             # The part it was scoring is still pending: the deadline watch gives it its fail-safe verdict.
-            new = InferenceWorker(self.frames, old.classifier, self.decision.on_prediction)
+            new = InferenceWorker(self.frames, old.classifier, self.decision.on_prediction, gate=old.gate)
             new.scored, new.errors = old.scored, old.errors
             self.worker = new
         elif name == "deadline":

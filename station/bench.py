@@ -4,8 +4,9 @@ Each repeat runs a fresh `Station` built from the YAML, with the camera swapped 
 (a folder, or frames the station renders itself) played as fast as the pipeline takes them
 (sustained throughput) or at `--rate` parts/s (latency at line speed), every
 part forced to a reject with zero ejector delay so the actuator command follows the verdict at
-once: capture -> actuator command is then the true end-to-end latency. The log goes to a temporary
-folder. Figures are medians over the repeats of each run's p50/p99/max and parts/s.
+once: capture -> actuator command is then the true end-to-end latency. The validity gate (image checks,
+novelty, limit comparison) runs inside the inference step and is also timed on its own. The log goes
+to a temporary folder. Figures are medians over the repeats of each run's p50/p99/max and parts/s.
 `--actuator KIND` instead benchmarks the pulse timing of one actuator kind (station.cli_bench_actuator).
 `--with-hmi` runs each repeat twice, without and with the operator HMI and a polling client beside the
 station (station.bench_hmi), and prints both side by side.
@@ -102,6 +103,8 @@ def bench_config(loaded: LoadedConfig, log_dir: Path, *, keep_actuator: bool, ke
         "reject": reject,
         "alarm": cfg.alarm.model_copy(update={"actuator": None}),
         "decision": cfg.decision.model_copy(update={"threshold": 1e-12, "deadline_ms": 60_000.0}),
+        # Every part is forced to a reject: a drift warning about the reject rate would only be noise.
+        "gate": cfg.gate.model_copy(update={"drift": cfg.gate.drift.model_copy(update={"window_parts": 100_000})}),
         "tracelog": cfg.tracelog.model_copy(update={"dir": log_dir, "images": "none"}),
         "hmi": cfg.hmi.model_copy(update={"control_socket": control_socket}),
     })
@@ -162,10 +165,13 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
     command = [(r.fired_ns - verdicts[s].t_decided_ns) / 1e6 for s, r in reports.items()
                if r.fired_ns is not None and s in verdicts]
     queue_wait = [v.decide_ms - v.infer_ms for v in verdicts.values() if v.infer_ms is not None]
+    gate = [v.gate.gate_ms for v in verdicts.values() if v.gate is not None]
     return {"parts": len(verdicts), "parts_per_s": len(verdicts) / elapsed if elapsed > 0 else 0.0,
             "backend": station.classifier.backend,
+            "image_check": sum(1 for v in verdicts.values() if v.gate is not None and not v.gate.passed),
             "stages": {"queue wait + decision": percentiles(queue_wait),
-                       "inference (preprocess + model)": percentiles(infer),
+                       "inference (preprocess + model + gate)": percentiles(infer),
+                       "  of which validity gate": percentiles(gate),
                        "capture -> verdict": percentiles(decide),
                        "verdict -> actuator command": percentiles(command),
                        "capture -> actuator command": percentiles(e2e),
@@ -187,4 +193,9 @@ def format_bench(runs: list[dict], *, parts: int, rate: float | None = None, bac
         lines.append(f"{stage:<34}{med([r['p50'] for r in row])}{med([r['p99'] for r in row])}"
                      f"{med([r['max'] for r in row])}")
     lines.append(f"{'sustained parts/s':<34}{statistics.median(r['parts_per_s'] for r in runs):8.1f}")
+    if runs[0]["stages"]["  of which validity gate"]["p50"] is None:
+        lines.append("validity gate: OFF (format-1 model)")
+    else:
+        lines.append("validity gate: image checks + novelty + limit comparison, timed inside inference; "
+                     f"{runs[0]['image_check']} of {runs[0]['parts']} parts outside the domain in repeat 1")
     return "\n".join(lines)

@@ -3,9 +3,11 @@
 `Classifier` turns one station image into p_defect with the artifact's own preprocessing, through torch
 (CUDA when present, else CPU) or, with `backend="onnxruntime"`, through ONNX Runtime on the CPU
 (`station/ort_backend.py`; about half torch's time per image on a small CPU). The
-`InferenceWorker` takes frames from the bounded queue and hands each prediction to the decision
-module; an image the preprocessing rejects, or a model that raises, still produces a Prediction
-(with `error`) so the part gets its fail-safe verdict instead of vanishing.
+`InferenceWorker` takes frames from the bounded queue, checks each against the validity gate (the
+image checks and the novelty of the same forward pass's pooled feature, `station.gate`) and hands the
+prediction to the decision module; an image the preprocessing rejects, or a model that raises, still
+produces a Prediction (with its typed `failure`) so the part gets its fail-safe verdict instead of
+vanishing.
 """
 
 from __future__ import annotations
@@ -14,18 +16,24 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from station.artifact import LoadedArtifact, ModelArtifactError, load_artifact
 from station.config import ModelSection
-from station.ort_backend import OnnxRuntimeRunner, softmax
+from station.gate import Gate
+from station.image_checks import ImageChecks
+from station.network import WithFeatures
+from station.ort_backend import OnnxRuntimeRunner
 from station.preprocess import FrameFormatError
-from station.records import Frame, Prediction
+from station.records import Frame, GateResult, Prediction, Reason
+from station.artifact_integrity import ReferenceMismatch, compare_references, score_references, softmax
 
-log = logging.getLogger("station.classifier")
+log = logging.getLogger(__name__)
 
 STOP = object()  # sentinel put on the frame queue by stop()
 
@@ -56,8 +64,17 @@ def resolve_backend(backend: str, device: str) -> str:
     return "onnxruntime"
 
 
+@dataclass(frozen=True)
+class Assessment:
+    """One image scored: p_defect, and (with a validity domain) every gate measure incl. novelty."""
+
+    p_defect: float
+    measures: dict[str, float] | None  # None: the model has no validity domain (format 1)
+    measure_ms: float = 0.0            # image checks + novelty, the gate's own cost
+
+
 class Classifier:
-    """A loaded, verified model ready to score images."""
+    """A loaded, verified model ready to score images (and to measure them for the validity gate)."""
 
     def __init__(self, artifact: LoadedArtifact, *, device: str = "auto", warmup_runs: int = 3,
                  backend: str = "torch", threads: int | None = None) -> None:
@@ -68,12 +85,15 @@ class Classifier:
         self.backend = backend
         self.device = torch.device("cpu") if backend == "onnxruntime" else select_device(device)
         self.model = artifact.model.to(self.device).eval()
+        self.network = WithFeatures(self.model).eval()
         self.preprocess = artifact.metadata.preprocess
         self.defective_index = artifact.metadata.defective_index
         self.model_id = artifact.model_id
+        self.domain = artifact.validity
+        self.checks = ImageChecks()
         size = self.preprocess.input_size
         with torch.inference_mode():
-            probe = self.model(torch.zeros(1, 3, size, size, device=self.device))
+            probe, _ = self.network(torch.zeros(1, 3, size, size, device=self.device))
         if tuple(probe.shape) != (1, len(artifact.metadata.class_names)):
             raise ModelArtifactError(
                 f"model output shape {tuple(probe.shape)} does not match {len(artifact.metadata.class_names)} classes")
@@ -81,9 +101,18 @@ class Classifier:
         if backend == "onnxruntime":
             self.runner = OnnxRuntimeRunner(self.model, input_size=size, defective_index=self.defective_index,
                                             threads=threads)
-        blank = torch.zeros(1, 3, size, size, device=self.device)
+        if self.domain is not None and artifact.reference_images is not None:
+            # The recorded reference scores must come out of this backend on this device too.
+            try:
+                compare_references(artifact.reference_scores, score_references(
+                    artifact.reference_images, forward=self.forward, preprocess=self.preprocess,
+                    novelty=self.domain.novelty, defective_index=self.defective_index))
+            except ReferenceMismatch as exc:
+                raise ModelArtifactError(f"model {self.model_id} fails its reference check on "
+                                         f"{self.describe()}: {exc}") from exc
+        blank = np.zeros((1, 3, size, size), dtype=np.float32)
         for _ in range(warmup_runs):
-            self._logits(blank)
+            self.forward(blank)
 
     @classmethod
     def from_file(cls, path: Path | str, *, device: str = "auto", warmup_runs: int = 3, backend: str = "torch",
@@ -104,36 +133,68 @@ class Classifier:
     def recommended_threshold(self) -> float:
         return self.artifact.metadata.recommended_threshold
 
-    def predict(self, image) -> float:
-        """p_defect for one image; raises FrameFormatError for an unusable image."""
-        x = self.preprocess.to_tensor(image).unsqueeze(0).to(self.device)
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, features) of a normalised batch (N x 3 x S x S float32) from one forward pass."""
         if self.runner is not None:
-            return float(softmax(self.runner(x.numpy()))[0, self.defective_index])
+            return self.runner(batch)
         with torch.inference_mode():
-            probs = torch.softmax(self.model(x).float(), dim=1)
-        return float(probs[0, self.defective_index])
+            logits, features = self.network(torch.from_numpy(batch).to(self.device))
+        return logits.float().cpu().numpy(), features.float().cpu().numpy()
 
-    def _logits(self, x: torch.Tensor):
-        if self.runner is not None:
-            return self.runner(x.cpu().numpy())
-        with torch.inference_mode():
-            return self.model(x)
+    def assess(self, image: np.ndarray) -> Assessment:
+        """p_defect and the gate measures of one station image; raises FrameFormatError for an unusable image."""
+        pixels = self.preprocess.model_pixels(image)
+        measures = None
+        measure_ns = 0
+        if self.domain is not None:
+            # Measured before the network runs: right after a run, the inference library's worker threads
+            # may still be spinning on the cores, and these few numpy passes would wait for them.
+            t0 = time.perf_counter_ns()
+            measures = self.checks.measure(pixels)
+            measure_ns = time.perf_counter_ns() - t0
+        logits, features = self.forward(self.preprocess.normalize(pixels)[None])
+        p_defect = float(softmax(logits)[0, self.defective_index])
+        if measures is None:
+            return Assessment(p_defect=p_defect, measures=None)
+        t0 = time.perf_counter_ns()
+        measures["novelty"] = float(self.domain.novelty.score(features)[0])
+        measure_ns += time.perf_counter_ns() - t0
+        return Assessment(p_defect=p_defect, measures=measures, measure_ms=measure_ns / 1e6)
+
+    def predict(self, image: np.ndarray) -> float:
+        """p_defect for one image; raises FrameFormatError for an unusable image."""
+        return self.assess(image).p_defect
 
 
 class InferenceWorker(threading.Thread):
-    """Scores frames from `frames` and calls `on_prediction(frame, prediction)` for each one."""
+    """Scores frames from `frames`, checks them against the validity gate and calls
+    `on_prediction(frame, prediction)` for each one."""
 
     def __init__(self, frames: queue.Queue, classifier: Classifier,
-                 on_prediction: Callable[[Frame, Prediction], None], *, name: str = "inference") -> None:
+                 on_prediction: Callable[[Frame, Prediction], None], *, gate: Gate | None = None,
+                 name: str = "inference") -> None:
         super().__init__(name=name, daemon=True)
         self.frames = frames
-        self.classifier = classifier  # replaced as a whole on a model reload
+        # Classifier and gate are swapped together (model reload): one tuple, read once per frame.
+        self._scoring: tuple[Classifier, Gate | None] = (classifier, gate)
         self.on_prediction = on_prediction
         self.stop_event = threading.Event()
         self.last_beat_ns = time.monotonic_ns()
         self.busy_since_ns: int | None = None
         self.scored = 0
         self.errors = 0
+
+    @property
+    def classifier(self) -> Classifier:
+        return self._scoring[0]
+
+    @property
+    def gate(self) -> Gate | None:
+        return self._scoring[1]
+
+    def use(self, classifier: Classifier, gate: Gate | None) -> None:
+        """Score from the next frame on with this classifier and gate (a live reload)."""
+        self._scoring = (classifier, gate)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -159,25 +220,31 @@ class InferenceWorker(threading.Thread):
             self.score(item)
 
     def score(self, frame: Frame) -> None:
-        classifier = self.classifier
+        classifier, gate = self._scoring
         start = time.perf_counter_ns()
         self.busy_since_ns = time.monotonic_ns()
         p_defect: float | None = None
+        failure: Reason | None = None
         error: str | None = None
+        result: GateResult | None = None
         try:
-            p_defect = classifier.predict(frame.image)
+            assessment = classifier.assess(frame.image)
+            p_defect = assessment.p_defect
+            if gate is not None and assessment.measures is not None:
+                result = gate.check(assessment.measures, spent_ms=assessment.measure_ms)
         except FrameFormatError as exc:
-            error = f"bad_frame: {exc}"
+            failure, error = Reason.BAD_FRAME, str(exc)
         except (RuntimeError, ValueError, TypeError) as exc:
             # torch raises RuntimeError for device/out-of-memory faults; the part fails safe.
-            error = f"model_error: {exc}"
+            failure, error = Reason.MODEL_ERROR, str(exc)
             log.error("inference failed on part %d: %s", frame.seq, exc)
         finally:
             self.busy_since_ns = None
         infer_ms = (time.perf_counter_ns() - start) / 1e6
-        if error:
+        if failure is not None:
             self.errors += 1
         else:
             self.scored += 1
         self.on_prediction(frame, Prediction(seq=frame.seq, p_defect=p_defect, model_id=classifier.model_id,
-                                             infer_ms=infer_ms, t_done_ns=time.monotonic_ns(), error=error))
+                                             infer_ms=infer_ms, t_done_ns=time.monotonic_ns(), failure=failure,
+                                             error=error, gate=result))

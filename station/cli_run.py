@@ -207,6 +207,25 @@ def run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_gate(s: dict) -> list[str]:
+    """The validity gate's lines of a run summary: image_check rejects by check, alarm, drift."""
+    gate = s.get("gate")
+    if gate is None:
+        return []
+    if not gate["enabled"]:
+        return ["validity gate   OFF (format-1 model: no validity domain; re-export it with training calibrate)"]
+    n = s["fail_safe"].get("image_check", 0)
+    by_check = ", ".join(f"{k} {v}" for k, v in sorted(s.get("image_checks", {}).items()))
+    lines = [f"image checks    {n} part(s) outside the validity domain" + (f" ({by_check})" if by_check else "")]
+    raised = gate["image_quality_raised"]
+    up = "UP" if gate["image_quality_alarm"] else "not up"
+    lines.append(f"gate alarm      image_quality raised {raised} time(s), {up} at the end "
+                 f"({gate['recent_failed']} of the last {gate['recent']} measured parts failed)")
+    lines.append(f"drift           {gate['drift_warnings']} warning(s)" +
+                 (": still drifting: " + "; ".join(gate["drift"].values()) if gate["drift"] else ""))
+    return lines
+
+
 def _ms(p: dict) -> str:
     if p.get("p50") is None:
         return "n/a"
@@ -222,6 +241,7 @@ def format_summary(s: dict) -> str:
         lines.append(f"false rejects   {s['false_rejects']}")
     fs = s["fail_safe"]
     lines.append("fail-safe       " + (", ".join(f"{k} {v}" for k, v in sorted(fs.items())) if fs else "none"))
+    lines.extend(format_gate(s))
     act = s["actuator"]
     merged = f" ({s['merged_pulses']} merged into an overlapping pulse)" if s.get("merged_pulses") else ""
     lines.append("actuator        " + (", ".join(f"{k} {v}" for k, v in sorted(act.items())) if act else "no commands")

@@ -20,6 +20,7 @@ from station.config_actuators import (
     rtu_write_round_trip_ms,
 )
 from station.config_cameras import CameraConfig
+from station.config_gate import GateSection
 
 
 class _Strict(BaseModel):
@@ -77,8 +78,9 @@ class DecisionSection(_Strict):
                                description="Latest a verdict may come after capture, ms; later gets the "
                                            "fail-safe verdict with reason timeout.")
     fail_safe: Literal["reject", "ok"] = Field(
-        "reject", description="Verdict when the station cannot decide (timeout, overrun, bad frame, model error, "
-                              "shutdown). ok is unsafe: it lets undecided parts pass.")
+        "reject", description="Verdict when the station cannot decide (timeout, overrun, bad_frame, model_error, "
+                              "shutdown). ok is unsafe: it lets undecided parts pass. A frame outside the "
+                              "model's validity domain (image_check) is rejected whatever this says.")
 
 
 class RejectSection(_Strict):
@@ -234,6 +236,8 @@ class StationConfig(_Strict):
     model: ModelSection = Field(default_factory=ModelSection, description="The model artifact and its backend.")
     decision: DecisionSection = Field(default_factory=DecisionSection,
                                       description="Threshold, deadline and fail-safe verdict.")
+    gate: GateSection = Field(default_factory=GateSection,
+                              description="The validity gate: per-station limits, the image_quality alarm, drift.")
     reject: RejectSection = Field(default_factory=RejectSection,
                                   description="Reject timing and the ejector output.")
     alarm: AlarmSection = Field(default_factory=AlarmSection, description="The optional alarm output.")

@@ -37,6 +37,13 @@ class ReplayCameraConfig(_Strict):
         description="Sub-folder name -> label, used for accuracy in `station replay`.")
 
 
+class LensCoverEpisode(_Strict):
+    """A run of parts during which the synthetic camera's lens is covered (frames nearly black)."""
+
+    first_part: int = Field(..., ge=1, le=10_000_000, description="Number (1-based) of the first covered part.")
+    parts: int = Field(..., ge=1, le=10_000_000, description="How many parts in a row are covered.")
+
+
 class SyntheticCameraConfig(_Strict):
     """Impeller-like frames the station renders itself (the built-in demo; no dataset needed)."""
 
@@ -48,6 +55,9 @@ class SyntheticCameraConfig(_Strict):
                                 description="Share of parts delivered as broken buffers (fail-safe demo).")
     seed: int = Field(0, ge=0, description="Random seed of the renderer.")
     limit: int | None = Field(None, ge=1, description="Stop after this many parts (null: run until stopped).")
+    lens_cover: LensCoverEpisode | None = Field(
+        None, description="A simulated camera fault: the lens is covered for a run of parts (the validity "
+                          "gate rejects them and raises the image_quality alarm); null: none.")
 
 
 # --- Industrial and live cameras ------------------------------------------------------------------

@@ -3,8 +3,11 @@
 Every part is registered at capture with its deadline (`t_capture + decision.deadline_ms`). It then
 leaves the pending set through exactly one door: a prediction in time (threshold decides), an
 immediate fail-safe (bad frame, overrun, model error), or the `DeadlineWatch` thread when the
-deadline passes first (fail-safe `timeout`). A prediction that arrives after its part timed out is
-still handed on as a late prediction so the log keeps it.
+deadline passes first (fail-safe `timeout`). A prediction whose frame failed the validity gate gets
+a reject with reason `image_check`, whatever `decision.fail_safe` says: the model's verdict on a
+frame outside its validated domain is no evidence the part is good, so that reject is never turned
+into an `ok`. A prediction that arrives after its part timed out is still handed on as a late
+prediction so the log keeps it.
 """
 
 from __future__ import annotations
@@ -78,13 +81,9 @@ class DecisionMaker:
             return
         s = self.settings
         now = time.monotonic_ns()
-        forced = self._forced
-        if forced is not None and prediction.error is None:
-            self._emit(self._fail_safe_verdict(frame, forced[0], forced[1], now, prediction), frame)
-            return
-        if prediction.error is not None:
-            reason = Reason.BAD_FRAME if prediction.error.startswith("bad_frame") else Reason.MODEL_ERROR
-            self._emit(self._fail_safe_verdict(frame, reason, prediction.error, now, prediction), frame)
+        if prediction.failure is not None:
+            self._emit(self._fail_safe_verdict(frame, prediction.failure, prediction.error or prediction.failure.value,
+                                               now, prediction), frame)
             return
         if now > frame.t_capture_ns + int(s.deadline_ms * 1e6):
             # Finished, but too late to trust the ejector timing: fail safe, keep the score in the row.
@@ -92,11 +91,24 @@ class DecisionMaker:
                                                prediction), frame)
             return
         assert prediction.p_defect is not None
+        gate = prediction.gate
+        if gate is not None and not gate.passed:
+            # Outside the validity domain: always a reject (decision.fail_safe: ok does not apply here).
+            self._emit(Verdict(seq=frame.seq, decision=Decision.REJECT, reason=Reason.IMAGE_CHECK,
+                               p_defect=prediction.p_defect, threshold=s.threshold, t_capture_ns=frame.t_capture_ns,
+                               t_decided_ns=now, wall_time=frame.wall_time, source=frame.source, label=frame.label,
+                               model_id=prediction.model_id, infer_ms=prediction.infer_ms,
+                               detail=f"outside the validity domain: {gate.describe()}", gate=gate), frame)
+            return
+        forced = self._forced  # tracelog.when_rows_cannot_be_kept: fail_safe while rows cannot be kept
+        if forced is not None:
+            self._emit(self._fail_safe_verdict(frame, forced[0], forced[1], now, prediction), frame)
+            return
         decision = Decision.REJECT if prediction.p_defect >= s.threshold else Decision.OK
         self._emit(Verdict(seq=frame.seq, decision=decision, reason=Reason.MODEL, p_defect=prediction.p_defect,
                            threshold=s.threshold, t_capture_ns=frame.t_capture_ns, t_decided_ns=now,
                            wall_time=frame.wall_time, source=frame.source, label=frame.label,
-                           model_id=prediction.model_id, infer_ms=prediction.infer_ms), frame)
+                           model_id=prediction.model_id, infer_ms=prediction.infer_ms, gate=gate), frame)
 
     def fail_safe(self, frame: Frame, reason: Reason, detail: str) -> None:
         """Immediate fail-safe verdict for a registered part (bad frame, overrun, shutdown)."""
@@ -148,7 +160,8 @@ class DecisionMaker:
                        t_capture_ns=frame.t_capture_ns, t_decided_ns=now_ns, wall_time=frame.wall_time,
                        source=frame.source, label=frame.label,
                        model_id=prediction.model_id if prediction else "",
-                       infer_ms=prediction.infer_ms if prediction else None, detail=detail)
+                       infer_ms=prediction.infer_ms if prediction else None, detail=detail,
+                       gate=prediction.gate if prediction else None)
 
     def _emit(self, verdict: Verdict, frame: Frame) -> None:
         self._on_verdict(verdict, frame)

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from station.records import ActuationReport, ActuatorResult, Decision, Verdict
+from station.records import MERGED_NOTE, ActuationReport, ActuatorResult, Decision, Reason, Verdict
 
 log = logging.getLogger("station.health")
 
@@ -84,6 +84,7 @@ class Stats:
         self.outcomes: Counter[str] = Counter()  # tp / tn / escape / false_reject (labelled parts only)
         self.actuator: Counter[str] = Counter()
         self.merged_pulses = 0  # rejects held out by an overlapping pulse instead of their own "on"
+        self.image_checks: Counter[str] = Counter()  # image_check rejects by violated limit (one part may count twice)
         # Percentiles over the most recent parts: a service runs for months, memory must not grow.
         self.decide_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.infer_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
@@ -95,6 +96,8 @@ class Stats:
             self.decisions[v.decision.value] += 1
             if v.is_fail_safe:
                 self.fail_safe[v.reason.value] += 1
+            if v.reason is Reason.IMAGE_CHECK and v.gate is not None:
+                self.image_checks.update(v.gate.failed)
             self.decide_ms.append(v.decide_ms)
             if v.infer_ms is not None:
                 self.infer_ms.append(v.infer_ms)
@@ -122,6 +125,7 @@ class Stats:
                 "ok": self.decisions["ok"],
                 "reject": self.decisions["reject"],
                 "fail_safe": dict(self.fail_safe),
+                "image_checks": dict(self.image_checks),
                 "labelled": labelled,
                 "accuracy": correct / labelled if labelled else None,
                 "escapes": self.outcomes["escape"],
@@ -153,4 +157,5 @@ class Stats:
         s = self.snapshot()
         fs = sum(s["fail_safe"].values())
         return (f"parts={s['parts']} ok={s['ok']} reject={s['reject']} fail_safe={fs} "
+                f"image_check={s['fail_safe'].get('image_check', 0)} "
                 f"actuator_failed={s['actuator'].get('failed', 0) + s['actuator'].get('not_sent', 0)}")

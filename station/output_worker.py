@@ -65,8 +65,8 @@ class OutputWorker(threading.Thread):
                                      on_alarm=on_alarm, device=actuator.describe()) if role == "reject" else None
         self._cond = threading.Condition()
         self._verdicts: deque[VerdictCommand] = deque()
-        self._level_wanted: bool | None = None
-        self._level_state: bool | None = None
+        self._level_wanted: int | None = None  # the alarm code wanted on this output (0: healthy)
+        self._level_state: int | None = None
         self._open_needed = not opened
         self._ready_pending = False
         self._pulsed = role == "reject" and not actuator.owns_timing  # the book drives this output
@@ -76,7 +76,7 @@ class OutputWorker(threading.Thread):
         self._maybe_on = False  # an on went out since the last confirmed off
         self.failures = 0
         if opened:  # the caller's open() drove the output off
-            self.book.state, self._level_state = OFF, False
+            self.book.state, self._level_state = OFF, 0
             self.opened.set()
 
     # ---- called from other threads: queue and return --------------------------------------------------
@@ -94,11 +94,12 @@ class OutputWorker(threading.Thread):
             self._verdicts.append(VerdictCommand(verdict, due_ns, deadline_ns))
             self._cond.notify()
 
-    def set_level(self, on: bool) -> None:
-        """Drive the output to `on` (alarm lamp, handshake alarm code) and keep at it until confirmed."""
+    def set_level(self, code: int) -> None:
+        """Drive the output to the station's alarm code (an alarm lamp: on for any code but 0; a handshake:
+        its ALARM_CODE register) and keep at it until confirmed."""
         with self._cond:
-            if self._level_wanted != on:
-                self._level_wanted = on
+            if self._level_wanted != code:
+                self._level_wanted = code
                 self._cond.notify()
 
     def update_timing(self, *, pulse_ms: float, late_tolerance_ms: float, plc_slow_clear_after: int) -> None:
@@ -237,8 +238,10 @@ class OutputWorker(threading.Thread):
                 elif kind == "verdict":
                     assert isinstance(arg, VerdictCommand)
                     self.actuator.send_verdict(arg.verdict)
+                elif kind == "level":
+                    self.actuator.set_alarm_level(int(arg))
                 else:
-                    self.actuator.set_output(kind == "on" or (kind == "level" and bool(arg)))
+                    self.actuator.set_output(kind == "on")
         except ActuatorError as exc:
             self.busy_since_ns = None
             self._failed(kind, arg, exc, sent_ns=sent)
@@ -253,7 +256,7 @@ class OutputWorker(threading.Thread):
             if kind == "open":
                 self._open_needed = False
                 self.book.off_confirmed()
-                self._level_state = False
+                self._level_state = 0
                 self.opened.set()
             elif kind == "on":
                 reports = self.book.on_confirmed(self._in_flight, sent_ns=sent_ns, ack_ns=ack_ns)
@@ -262,7 +265,7 @@ class OutputWorker(threading.Thread):
             elif kind == "off":
                 self.book.off_confirmed()
             elif kind == "level":
-                self._level_state = bool(arg)
+                self._level_state = int(arg)
             elif kind == "verdict":
                 assert isinstance(arg, VerdictCommand)
                 reports = [self._verdict_report(arg, sent_ns=sent_ns, ack_ns=ack_ns)]

@@ -71,11 +71,20 @@ class Preprocess:
         pil = Image.fromarray(image)
         return pil.convert("L") if self.grayscale else pil.convert("RGB")
 
-    def pil_to_tensor(self, pil: Image.Image) -> torch.Tensor:
-        """Resize and normalise a PIL image (mode L or RGB) to a float CHW tensor."""
+    def model_pixels(self, image: np.ndarray) -> np.ndarray:
+        """A station image resized to the model input: uint8 SxS (grey models) or SxSx3 (RGB models).
+
+        These are the pixels the model sees; the validity gate's image checks measure them too."""
+        return self._resized(self.to_pil(image))
+
+    def _resized(self, pil: Image.Image) -> np.ndarray:
         if pil.size != (self.input_size, self.input_size):
             pil = pil.resize((self.input_size, self.input_size), _RESAMPLE[self.resize])
-        arr = np.asarray(pil, dtype=np.float32) / 255.0
+        return np.asarray(pil)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Model-input pixels (uint8 SxS or SxSx3) to the normalised float32 3xSxS array the network takes."""
+        arr = pixels.astype(np.float32) / 255.0
         if arr.ndim == 2:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
         elif self.grayscale:
@@ -83,11 +92,15 @@ class Preprocess:
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
         arr = (arr - mean) / std
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def pil_to_tensor(self, pil: Image.Image) -> torch.Tensor:
+        """Resize and normalise a PIL image (mode L or RGB) to a float CHW tensor."""
+        return torch.from_numpy(self.normalize(self._resized(pil)))
 
     def to_tensor(self, image: np.ndarray) -> torch.Tensor:
         """The one path from a station image (uint8 HxW or HxWx3 RGB) to a CHW model input."""
-        return self.pil_to_tensor(self.to_pil(image))
+        return torch.from_numpy(self.normalize(self.model_pixels(image)))
 
 
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}

@@ -29,6 +29,7 @@ class Reason(str, Enum):
     MODEL_ERROR = "model_error"  # the classifier raised on this part
     SHUTDOWN = "shutdown"      # the station stopped before the part was classified
     NO_TRACE_LOG = "no_trace_log"  # tracelog.when_rows_cannot_be_kept: fail_safe, and rows could not be kept
+    IMAGE_CHECK = "image_check"  # the frame is outside the model's validity domain: always a reject
 
     @property
     def is_fail_safe(self) -> bool:
@@ -59,13 +60,40 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class GateResult:
+    """The validity gate's look at one frame: every measured value and the limits it violated."""
+
+    measures: dict[str, float]       # image checks and novelty (station.validity.ALL_MEASURES)
+    failed: tuple[str, ...] = ()     # violated limit keys, e.g. ("brightness_min", "novelty_max")
+    limits: dict[str, dict[str, float]] = field(default_factory=dict)  # the limits applied
+    gate_ms: float = 0.0             # time spent on the image checks, novelty and comparison
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    def describe(self) -> str:
+        """`brightness 41.2 < min 88.5; novelty 7.31 > max 1.92` (the verdict's detail)."""
+        parts = []
+        for key in self.failed:
+            name, side = key.rsplit("_", 1)
+            limit = self.limits.get(name, {}).get(side)
+            op = "<" if side == "min" else ">"
+            parts.append(f"{name} {self.measures.get(name, float('nan')):.4g} {op} {side} "
+                         f"{limit:.4g}" if limit is not None else f"{name} outside its limit")
+        return "; ".join(parts) if parts else "inside the validity domain"
+
+
+@dataclass(frozen=True)
 class Prediction:
     seq: int
     p_defect: float | None
     model_id: str
     infer_ms: float
     t_done_ns: int
-    error: str | None = None  # the model raised / the frame was unusable
+    failure: Reason | None = None   # BAD_FRAME (unusable image) or MODEL_ERROR (the model raised): no score
+    error: str | None = None        # what went wrong, for the log
+    gate: GateResult | None = None  # None: the model has no validity domain (format-1 artifact: gate off)
 
 
 @dataclass(frozen=True)
@@ -83,6 +111,7 @@ class Verdict:
     model_id: str = ""
     infer_ms: float | None = None
     detail: str | None = None
+    gate: GateResult | None = None  # what the validity gate measured (and which limits failed)
 
     @property
     def is_fail_safe(self) -> bool:

@@ -2,9 +2,10 @@
 
 Live: decision threshold/deadline/fail-safe, reject delay/pulse, actuator settings of the same kind
 (a new actuator is opened, swapped under the scheduler, the old one closed with its output off),
-the model file (the new one is loaded and verified before it replaces the old), the image policy,
-the frame size check and the log level. Only a restart can change the camera, the queue size, the
-trace-log folder and its spill reserve, the station id and an actuator's kind: those are reported as "needs restart" and
+the model file (the new one is loaded and verified before it replaces the old, with its own validity
+gate), the `gate:` limits, alarm and drift settings, the image policy, the frame size check and the
+log level. Only a restart can change the camera, the queue size, the trace-log folder and its spill
+reserve, the station id and an actuator's kind: those are reported as "needs restart" and
 left as they run. Everything that can fail is done before anything is applied, so a reload that
 fails raises `ReloadError` and leaves the station exactly as it was.
 """
@@ -22,6 +23,7 @@ from station.classifier import Classifier
 from station.config import StationConfig
 from station.configfile import LoadedConfig
 from station.decision import DecisionSettings
+from station.gate import Gate, GateConfigError
 
 if TYPE_CHECKING:
     from station.app import Station
@@ -85,6 +87,13 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
 
     # 1. Prepare: nothing below touches the running station until all of it succeeded.
     classifier = load_changed_model(station.classifier, old, new)
+    scoring = classifier or station.classifier
+    gate_changed = classifier is not None or new.gate != old.gate
+    try:
+        gate = station.gate if not gate_changed else (
+            Gate.build(scoring.domain, new.gate.limits) if scoring.domain is not None else None)
+    except GateConfigError as exc:
+        raise ReloadError(f"{exc}; the running model and gate are kept") from exc
     new_reject = new_alarm = None
     try:
         if new.reject.actuator != old.reject.actuator:
@@ -98,9 +107,17 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
         raise
 
     # 2. Apply, each from its next part on.
-    if classifier is not None:
-        station.worker.classifier = station.classifier = classifier
-        result.applied.append(f"model {classifier.describe()}")
+    if gate_changed:
+        station.use_scoring(scoring, gate, new)
+        if classifier is not None:
+            result.applied.append(f"model {classifier.describe()}")
+        if new.gate != old.gate or classifier is not None:
+            own = len(new.gate.limits.overrides())
+            result.applied.append("validity gate " + ("OFF (format-1 model)" if gate is None
+                                                      else f"limits ({own} set by the station)"))
+        for warning in station.gate_warnings(scoring, gate):
+            log.warning("%s", warning)
+            station.record_event("WARNING", "gate", warning)
     threshold = new.decision.threshold if new.decision.threshold is not None \
         else station.classifier.recommended_threshold
     settings = DecisionSettings(threshold=threshold, deadline_ms=new.decision.deadline_ms,
@@ -175,8 +192,8 @@ def load_changed_model(running: Classifier, old: StationConfig, new: StationConf
             old.model.device, old.model.warmup_runs, old.model.backend):
         return None
     try:
-        # Loading verifies it: format, architecture, tensor shapes, finite weights, an output probe (and,
-        # for onnxruntime, agreement with torch on probe images).
+        # Loading verifies it: seal, digests, format, architecture, tensor shapes, finite weights, the
+        # reference inputs' scores on this backend (and, for onnxruntime, agreement with torch on probes).
         return Classifier.from_config(m)
     except ModelArtifactError as exc:
         raise ReloadError(f"{exc}; the running model {running.model_id} is kept") from exc

@@ -250,7 +250,7 @@ class StationService:
         station = self.station
         assert station is not None
         sup = f"; {self.supervisor.summary()}" if self.supervisor is not None else ""
-        return f"{phase}: {station.stats.line()}; {station.health.summary()}{sup}"
+        return f"{phase}: {station.summary_line()}; {station.health.summary()}{sup}"
 
     def reload_for_hmi(self, user: str, changes: list[dict]) -> dict:
         """The HMI's settings page: the SIGHUP reload, run in the control thread, naming the user."""

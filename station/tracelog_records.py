@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from station.image_checks import ALL_MEASURES
 from station.records import Frame, Verdict
 
 
@@ -58,7 +59,16 @@ def part_values(verdict: Verdict, run: RunInfo, image_note: str | None) -> dict[
             "config_sha256": run.config_sha256, "p_defect": verdict.p_defect, "threshold": verdict.threshold,
             "decision": verdict.decision.value, "reason": verdict.reason.value, "fail_safe": int(verdict.is_fail_safe),
             "detail": verdict.detail, "label": verdict.label, "infer_ms": verdict.infer_ms,
-            "decide_ms": verdict.decide_ms, "image_error": image_note}
+            "decide_ms": verdict.decide_ms, "image_error": image_note, **gate_values(verdict)}
+
+
+def gate_values(verdict: Verdict) -> dict[str, Any]:
+    """The validity gate's columns: which limits the frame violated and what was measured (none without a gate)."""
+    gate = verdict.gate
+    if gate is None:
+        return {}
+    return {"gate_failed": ",".join(gate.failed) or None, "gate_ms": gate.gate_ms,
+            **{f"gate_{m}": gate.measures.get(m) for m in ALL_MEASURES}}
 
 
 def op_from_record(kind: str, args: tuple, run: RunInfo) -> TraceOp:

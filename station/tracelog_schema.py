@@ -8,9 +8,14 @@ read-only at the same time without ever blocking the line.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
+
+from station.image_checks import ALL_MEASURES
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS parts (
@@ -44,7 +49,18 @@ CREATE TABLE IF NOT EXISTS parts (
     image_sha256    TEXT,
     image_bytes     INTEGER,
     image_pruned    INTEGER NOT NULL DEFAULT 0,
-    image_error     TEXT
+    image_error     TEXT,
+    gate_failed     TEXT,
+    gate_brightness REAL,
+    gate_contrast   REAL,
+    gate_dark_clip  REAL,
+    gate_bright_clip REAL,
+    gate_focus      REAL,
+    gate_noise      REAL,
+    gate_part_offset REAL,
+    gate_part_size  REAL,
+    gate_novelty    REAL,
+    gate_ms         REAL
 );
 CREATE INDEX IF NOT EXISTS parts_captured_at ON parts(captured_at);
 CREATE INDEX IF NOT EXISTS parts_unpruned_images ON parts(seq) WHERE image_path IS NOT NULL AND image_pruned = 0;
@@ -67,6 +83,14 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
+# Columns added after the first release, with their types: `open_db` adds the ones an existing log lacks
+# (plant logs outlive releases; ALTER TABLE ADD COLUMN keeps every row, the new columns read NULL).
+MIGRATIONS: list[tuple[str, str, str]] = [
+    ("parts", "gate_failed", "TEXT"),        # violated validity-gate limits, e.g. "brightness_min,novelty_max"
+    *[("parts", f"gate_{m}", "REAL") for m in ALL_MEASURES],  # what the gate measured on the frame
+    ("parts", "gate_ms", "REAL"),            # time the gate took on the frame (checks, novelty, comparison)
+]
+
 
 def open_db(path: Path) -> sqlite3.Connection:
     """The writer's connection: WAL, synchronous NORMAL (durable at each checkpoint), schema in place."""
@@ -74,8 +98,22 @@ def open_db(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    migrate(conn)
     conn.commit()
     return conn
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Add the MIGRATIONS columns an older log lacks; return what was added."""
+    added = []
+    for table, column, kind in MIGRATIONS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            added.append(f"{table}.{column}")
+    if added:
+        log.warning("trace log schema upgraded: added %s", ", ".join(added))
+    return added
 
 
 def rows_since(db_path: Path, since_iso: str | None) -> tuple[list[str], list[tuple[Any, ...]]]:

@@ -30,8 +30,14 @@ def casting_data_dir() -> Path:
     return Path(os.environ.get("CASTING_DATA_DIR", REPO.parent / "shared" / "data" / "casting"))
 
 
+_TINY_DOMAINS: dict[tuple[int, int], object] = {}
+
+
 def make_tiny_model(path: Path, *, threshold: float = 0.5, input_size: int = 64, seed: int = 0) -> Path:
-    """An untrained TinyNet artifact: real file format, real loading path, meaningless verdicts."""
+    """An untrained TinyNet artifact: real file format (sealed format 2), real loading path, meaningless
+    verdicts. Its validity domain is fitted (novelty and spread limits, no perturbation sweep) on frames
+    of the station's own renderer at the sizes the tests render, so rendered frames pass its gate and a
+    covered lens, a black or a white frame do not. The fit takes about a second; it is cached per seed."""
     import torch
 
     from station.artifact import ArtifactMetadata, TinyNet, save_artifact
@@ -42,8 +48,26 @@ def make_tiny_model(path: Path, *, threshold: float = 0.5, input_size: int = 64,
     meta = ArtifactMetadata(architecture="tinynet", class_names=("def_front", "ok_front"),
                             defective_class="def_front", preprocess=Preprocess(input_size=input_size),
                             recommended_threshold=threshold, model_name="tiny-test")
-    save_artifact(path, model, meta)
+    key = (seed, input_size)
+    if key not in _TINY_DOMAINS:
+        _TINY_DOMAINS[key] = rendered_domain(model, meta)
+    save_artifact(path, model, meta, validity=_TINY_DOMAINS[key])
     return path
+
+
+def rendered_domain(model, meta, *, per_size: int = 24):
+    """A validity domain (no perturbation sweep) fitted on rendered frames of 64, 96, 128 and 300 px, for
+    test networks: the frames the tests render are inside it."""
+    from station.cameras.synthetic import render_impeller
+    from training.validity import spread_domain
+
+    rng = np.random.default_rng(1234)
+    images, labels = [], []
+    for size in (64, 96, 128, 300):
+        for i in range(per_size):
+            images.append(render_impeller(rng, size, defective=i % 2 == 0))
+            labels.append(0 if i % 2 == 0 else 1)
+    return spread_domain(model, meta.preprocess, images, labels=labels, defective_index=0, pad=2.0)
 
 
 def make_frames(folder: Path, *, defective: int, ok: int, size: int = 96, seed: int = 0) -> Path:

@@ -1,4 +1,4 @@
-"""`python -m training {train,evaluate,export}`: the training package's command line.
+"""`python -m training {train,evaluate,export,calibrate}`: the training package's command line.
 
 Bad input (an empty or single-class data folder, unreadable images, a weights file of the wrong
 architecture, a missing model) is reported as one clear line on stderr with exit code 2, before
@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 
 from station.artifact import ModelArtifactError
+from training.calibration import CalibrationError, CalibrationSettings
 from training.data import DataError
 from training.export import ExportError
 from training.model import WeightsError
 
-USAGE_ERRORS = (DataError, WeightsError, ModelArtifactError, ExportError, FileNotFoundError)
+USAGE_ERRORS = (DataError, WeightsError, ModelArtifactError, ExportError, CalibrationError, FileNotFoundError)
 # Import name -> pip name of the packages that only the `train` extra installs.
 TRAIN_EXTRA = {"sklearn": "scikit-learn", "matplotlib": "matplotlib", "tqdm": "tqdm"}
 TRAIN_EXTRA_FIX = "pip install -e '.[train]' (in the project checkout)"
@@ -69,21 +70,73 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
-    evaluate(model_path=args.model, data=args.data, report_dir=args.report, threshold=args.threshold,
-             batch_size=args.batch_size, split=args.split)
+    from station.artifact import load_artifact
+    from training.evaluate import validity_report
+
+    metrics = evaluate(model_path=args.model, data=args.data, report_dir=args.report, threshold=args.threshold,
+                       batch_size=args.batch_size, split=args.split)
+    for name in ("test_full", "test_dedup", "test_novel"):
+        m = metrics[name]
+        print(f"{name:<11} {m['n']:>4} images ({m['n_defective']} def / {m['n_ok']} ok): escapes {m['escapes']}, "
+              f"false rejects {m['false_rejects']}, accuracy {100 * m['accuracy']:.2f}%")
+    print(validity_report(load_artifact(args.model), metrics))
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from training.export import export_run
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    d = CalibrationSettings()
+    p.add_argument("--margin", type=float, default=d.margin,
+                   help="limits sit this share of the way back from where the model starts to fail")
+    p.add_argument("--max-error-rate", type=float, default=d.max_error_rate,
+                   help="failure boundary: the mildest severity misjudging more than this share of images")
+    p.add_argument("--sweep-images", type=int, default=d.sweep_images,
+                   help="calibration images per perturbation sweep (stratified sample)")
+    p.add_argument("--near-copy-ncc", type=float, default=d.near_copy_ncc,
+                   help="NCC (64 px grey, any rotation/flip) at which two images count as the same part")
 
+
+def calibration_settings(args: argparse.Namespace) -> CalibrationSettings:
+    for name, value, lo, hi in (("--margin", args.margin, 0.0, 0.95),
+                                ("--max-error-rate", args.max_error_rate, 0.0, 0.5),
+                                ("--near-copy-ncc", args.near_copy_ncc, 0.5, 1.0)):
+        if not lo <= value <= hi:
+            raise CalibrationError(f"{name} {value} is outside {lo}..{hi}")
+    if args.sweep_images < 10:
+        raise CalibrationError(f"--sweep-images {args.sweep_images}: need at least 10")
+    return CalibrationSettings(margin=args.margin, max_error_rate=args.max_error_rate,
+                               sweep_images=args.sweep_images, near_copy_ncc=args.near_copy_ncc)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
     import json
 
+    from training.export import export_run
+
     result = export_run(run_dir=args.run, out=args.out, metrics_path=args.metrics, onnx_path=args.onnx,
-                        half=not args.fp32, checkpoint=args.checkpoint)
+                        half=not args.fp32, checkpoint=args.checkpoint, data=args.data,
+                        settings=calibration_settings(args))
     print(json.dumps(result, indent=1))
     if "onnx_max_abs_diff" in result:
         print(f"ONNX vs torch max abs difference: {result['onnx_max_abs_diff']:.3g}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from station.artifact import load_artifact
+    from station.validity import calibration_table, limits_table, mild_table
+    from training.export import calibrate_artifact
+
+    result = calibrate_artifact(model_path=args.model, data=args.data, out=args.out, metrics_path=args.metrics,
+                                settings=calibration_settings(args))
+    domain = load_artifact(args.out).validity
+    assert domain is not None
+    print(json.dumps(result, indent=1))
+    print("validity domain:\n" + limits_table(domain.limits, reference=domain.reference))
+    if domain.calibration:
+        print("calibration:\n" + calibration_table(domain.calibration))
+        print("mild variation on the calibration images:\n" + mild_table(domain.method.get("mild", [])))
     return 0
 
 
@@ -114,7 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, default=None, help="also write an ONNX file here")
     p.add_argument("--checkpoint", default="best.pt", help="checkpoint file in the run folder")
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default: fp16, half the size)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="data root the run trained on (default: the run's --data); the validity domain is "
+                        "fitted on its training split")
+    add_calibration_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("calibrate", help="fit the validity gate of an existing artifact (same weights) and "
+                                         "write it as a sealed format-2 artifact", formatter_class=fmt)
+    p.add_argument("--model", type=Path, required=True, help="artifact to calibrate (format 1 or 2)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="data root holding train/ (the model's training split is recovered from its metadata)")
+    p.add_argument("--out", type=Path, required=True, help="artifact to write (may be --model itself)")
+    p.add_argument("--metrics", type=Path, default=None, help="metrics.json written by evaluate, to record")
+    add_calibration_args(p)
+    p.set_defaults(func=cmd_calibrate)
     return parser
 
 

@@ -5,7 +5,8 @@
 epoch, checkpoints every epoch (`last.pt`, and `best.pt` on a new best validation loss), resumes
 from `last.pt` with `--resume`, and stops early when validation loss has not improved for
 `--patience` epochs. At the end, rank 0 reloads the best weights, scores the validation set,
-recommends a decision threshold and writes the run's model artifact (`model.pt`).
+recommends a decision threshold, fits the validity domain (`training.calibration`) and writes the run's
+model artifact (`model.pt`).
 Under torchrun the backend is gloo on CPU and nccl on GPU; on GPU the loop uses AMP,
 channels_last and pinned memory.
 """
@@ -351,14 +352,17 @@ def _fit(args: argparse.Namespace, info: DistInfo, prepared: dict[str, Any], *, 
     if not info.is_main:
         return {}
     return finish_run(args, prepared, val_ds, preprocess=preprocess, out=out, history=history, best_epoch=best_epoch,
-                      stopped_early=stopped_early, workers=workers)
+                      stopped_early=stopped_early, workers=workers, images=images)
 
 
 def finish_run(args: argparse.Namespace, prepared: dict[str, Any], val_ds: tdata.CachedImageDataset, *,
                preprocess: Preprocess, out: Path, history: list[dict[str, Any]], best_epoch: int,
-               stopped_early: bool, workers: int) -> dict[str, Any]:
-    """Reload the best weights, recommend a threshold on validation and write the run artifact."""
-    from training.export import build_metadata, write_artifact
+               stopped_early: bool, workers: int, images: list[np.ndarray]) -> dict[str, Any]:
+    """Reload the best weights, recommend a threshold on validation, fit the validity domain (novelty on the
+    training part, calibration on the validation part) and write the run artifact."""
+    from station.artifact import save_artifact
+    from training.calibration import fit_or_spread
+    from training.export import build_metadata
 
     scan: tdata.ImageFolderScan = prepared["scan"]
     model = create_model("none", num_classes=len(scan.class_names))
@@ -383,7 +387,12 @@ def finish_run(args: argparse.Namespace, prepared: dict[str, Any], val_ds: tdata
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     metadata = build_metadata(class_names=scan.class_names, preprocess=preprocess, summary=summary)
-    write_artifact(out / RUN_ARTIFACT, model, metadata, half=False)
+    labels = prepared["labels"]
+    domain = fit_or_spread(model.eval(), metadata, fit_images=[images[i] for i in prepared["train_idx"]],
+                           fit_labels=[labels[i] for i in prepared["train_idx"]],
+                           candidate_images=[images[i] for i in prepared["val_idx"]],
+                           candidate_labels=[labels[i] for i in prepared["val_idx"]])
+    save_artifact(out / RUN_ARTIFACT, model, metadata, validity=domain, half=False)
     log.info("best epoch %d; recommended threshold %.4f (val escapes %d/%d, false rejects %d/%d); "
              "artifact %s", best_epoch, rec["threshold"], rec["val_escapes"], rec["val_defective"],
              rec["val_false_rejects"], rec["val_ok"], out / RUN_ARTIFACT)

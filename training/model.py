@@ -10,6 +10,7 @@ raises `WeightsError` naming the mismatching tensors, before any training starts
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"weights file {path} does not exist")
     try:
         payload: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message advises weights_only=False, which would run code from the file: not ours to give.
+        raise WeightsError(f"weights file {path} holds pickled Python objects, not a state dict of tensors; "
+                           f"save the network's state_dict() instead") from None
     except Exception as exc:  # torch.load raises many unrelated types for a bad file
-        raise WeightsError(f"weights file {path} is not a readable torch state dict: {exc}") from exc
+        raise WeightsError(f"weights file {path} is not a readable torch state dict "
+                           f"({type(exc).__name__})") from exc
     if isinstance(payload, dict):
         for key in ("state_dict", "model"):
             if isinstance(payload.get(key), dict):

@@ -165,6 +165,12 @@ def write_report(report_dir: Path, *, metrics: dict[str, Any], artifact: LoadedA
     _write_markdown(report_dir, metrics, artifact, cam_files)
 
 
+def _gate_text(artifact: LoadedArtifact, metrics: dict[str, Any]) -> str:
+    from training.evaluate import validity_report
+
+    return validity_report(artifact, metrics)
+
+
 def _write_markdown(report_dir: Path, metrics: dict[str, Any], artifact: LoadedArtifact,
                     cam_files: list[tuple[str, Sample, float, bool, str]]) -> None:
     t = metrics["threshold"]
@@ -173,10 +179,14 @@ def _write_markdown(report_dir: Path, metrics: dict[str, Any], artifact: LoadedA
           f"(fingerprint `{metrics['test_fingerprint'][:16]}`), threshold {t:.4f} "
           f"({metrics['threshold_source']}). A part is rejected when p(defective) >= threshold.", "",
           f"`test_dedup` drops the {metrics['leaked_test_images']} test images whose bytes also appear in the "
-          f"training folder ({metrics['leaked_by_class']}).", "",
+          f"training folder ({metrics['leaked_by_class']}). `test_novel` keeps only test images with no "
+          f"near-copy in the training folder (64 px grey, any rotation/flip, NCC below "
+          f"{metrics.get('near_copy_ncc', 0.995)}).", "",
           "| variant | images | **escapes** (defective passed) | false rejects | accuracy | escapes @0.5 | "
           "false rejects @0.5 | ROC AUC | AP |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in ("test_full", "test_dedup"):
+    for name in ("test_full", "test_dedup", "test_novel"):
+        if name not in metrics:
+            continue
         m = metrics[name]
         auc = f"{m['roc_auc']:.5f}" if m["roc_auc"] is not None else "-"
         ap = f"{m['average_precision']:.5f}" if m["average_precision"] is not None else "-"
@@ -187,7 +197,8 @@ def _write_markdown(report_dir: Path, metrics: dict[str, Any], artifact: LoadedA
            "", "```", (report_dir / "confusion.txt").read_text(), "```", "",
            "## Classification report", "", "```", (report_dir / "classification_report.txt").read_text(),
            "```", "", "## Threshold table (escapes first)", "", (report_dir / "threshold_table.md").read_text(),
-           "", "## Curves", "", "![ROC](roc.png) ![PR](pr.png)", "",
+           "", "## Validity gate", "", "```", _gate_text(artifact, metrics), "```", "",
+           "## Curves", "", "![ROC](roc.png) ![PR](pr.png)", "",
            "## Sample predictions (misclassified first, then the closest calls)", "",
            "![samples](sample_grid.png)", "", "## Misclassified images (Grad-CAM for the defective class)", ""]
     if not cam_files:

@@ -125,6 +125,11 @@ class Actuator(ABC):
     def set_output(self, on: bool) -> None:
         """Drive the output; raise an ActuatorError subclass on failure."""
 
+    def set_alarm_level(self, code: int) -> None:
+        """Show the station's alarm code (0: healthy): a plain output is on for any alarm; a PLC handshake
+        overrides this to write the code itself (it tells image_quality apart from the other alarms)."""
+        self.set_output(code != 0)
+
     def send_verdict(self, verdict: Verdict) -> None:
         """Hand one part's verdict to a device that owns reject timing (handshake actuators only)."""
         raise NotImplementedError(f"{self.kind} does not take verdicts")

@@ -50,11 +50,13 @@ VERDICT_FAIL_SAFE_PASS = 4    # could not decide in time, and decision.fail_safe
 
 REASON_CODES: dict[Reason, int] = {
     Reason.MODEL: 0, Reason.TIMEOUT: 1, Reason.OVERRUN: 2, Reason.BAD_FRAME: 3,
-    Reason.MODEL_ERROR: 4, Reason.SHUTDOWN: 5,
+    Reason.MODEL_ERROR: 4, Reason.SHUTDOWN: 5, Reason.IMAGE_CHECK: 6,
 }
 
+# ALARM_CODE bits. The station writes bit 1 on its own so the PLC can stop the line on it.
 ALARM_NONE = 0
-ALARM_STATION_UNHEALTHY = 1   # the station's alarm output is on (set_output(True))
+ALARM_STATION_UNHEALTHY = 1   # bit 0: an alarm other than image_quality (camera, PLC link, disk, stage ...)
+ALARM_IMAGE_QUALITY = 2       # bit 1: image_quality: k of the last n parts failed the validity gate
 
 P_DEFECT_MISSING = 65535      # no probability (bad frame, timeout, model error)
 
@@ -62,7 +64,9 @@ P_DEFECT_MISSING = 65535      # no probability (bad frame, timeout, model error)
 REGISTER_MAP: list[tuple[int, str, str, str]] = [
     (HEARTBEAT, "HEARTBEAT", "every heartbeat_ms", "counter +1 per period, wraps 65535 -> 0; stops when the station stops"),
     (READY, "READY", "every heartbeat; 0 on close", "1 = station running and deciding, 0 = stopping/stopped"),
-    (ALARM_CODE, "ALARM_CODE", "every heartbeat", "0 = none, 1 = station unhealthy (camera, model, disk, link...)"),
+    (ALARM_CODE, "ALARM_CODE", "every heartbeat",
+     "bits: 1 = station unhealthy (camera, model, disk, link...), 2 = image_quality (the camera cannot see: "
+     "stop the line); 0 = none, 3 = both"),
     (PARTS_SEEN_HI, "PARTS_SEEN_HI", "heartbeat + each part", "parts decided since start, high word"),
     (PARTS_SEEN_LO, "PARTS_SEEN_LO", "heartbeat + each part", "parts decided since start, low word"),
     (REJECTS_HI, "REJECTS_HI", "heartbeat + each part", "reject verdicts since start (incl. fail-safe), high word"),
@@ -73,7 +77,8 @@ REGISTER_MAP: list[tuple[int, str, str, str]] = [
     (PART_SEQ_HI, "PART_SEQ_HI", "each part", "part sequence number (the log's seq), high word"),
     (PART_SEQ_LO, "PART_SEQ_LO", "each part", "part sequence number, low word; a change = a new part"),
     (VERDICT_CODE, "VERDICT_CODE", "each part", "1 pass, 2 reject, 3 fail-safe reject, 4 fail-safe pass"),
-    (REASON_CODE, "REASON_CODE", "each part", "0 model, 1 timeout, 2 overrun, 3 bad_frame, 4 model_error, 5 shutdown"),
+    (REASON_CODE, "REASON_CODE", "each part",
+     "0 model, 1 timeout, 2 overrun, 3 bad_frame, 4 model_error, 5 shutdown, 6 image_check"),
     (P_DEFECT_X10000, "P_DEFECT_X10000", "each part", "p_defect x 10000 (0-10000); 65535 = none"),
     (THRESHOLD_X10000, "THRESHOLD_X10000", "each part", "decision threshold x 10000"),
     (PART_AGE_MS, "PART_AGE_MS", "each part", "ms from capture to this write (saturates at 65535)"),
@@ -186,8 +191,12 @@ class PlcHandshake(Actuator):
         self.alarm_code = code & 0xFFFF
         self._write_status()
 
+    def set_alarm_level(self, code: int) -> None:
+        self.set_alarm_code(code)
+
     def set_output(self, on: bool) -> None:
-        """Used as an alarm output: on = ALARM_CODE 1 (station unhealthy), off = 0."""
+        """Used as a plain alarm output: on = ALARM_CODE 1 (station unhealthy), off = 0. The station writes
+        the full code (`set_alarm_code`, image_quality included) where it knows it."""
         self.set_alarm_code(ALARM_STATION_UNHEALTHY if on else ALARM_NONE)
 
     def _heartbeat_loop(self) -> None:

@@ -3,7 +3,8 @@
 No dataset and no hardware needed. Each frame is a top view of a cast impeller (machined ring,
 dark vaned eye, bright hub) on a light table; a configurable share of parts gets a defect drawn on
 it (blow holes, a chipped rim, a burr), and another share arrives as a broken buffer, the way a
-camera glitch would, so the demo shows the fail-safe reject too. These renders stand in for a camera in demos and benchmarks only; they are
+camera glitch would, so the demo shows the fail-safe reject too. A `lens_cover` episode makes a run of
+frames nearly black (a covered lens), which the validity gate must catch. These renders stand in for a camera in demos and benchmarks only; they are
 not the casting images and the model was never trained on them, so the verdicts they get say
 nothing about accuracy.
 """
@@ -64,6 +65,13 @@ def render_impeller(rng: np.random.Generator, size: int, *, defective: bool) -> 
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def covered_lens(rng: np.random.Generator, size: int) -> np.ndarray:
+    """What a camera sees through a lens cap: nearly black, a faint glow at one edge, sensor noise."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    glow = 6.0 * np.exp(-xx / (0.3 * size))
+    return np.clip(3.0 + glow + rng.normal(0, 1.5, (size, size)), 0, 255).astype(np.uint8)
+
+
 class SyntheticCamera(Camera):
     kind = "synthetic"
 
@@ -103,8 +111,14 @@ class SyntheticCamera(Camera):
         image = render_impeller(self._rng, self.config.size_px, defective=defective)
         self._delivered += 1
         self.counters["frames"] += 1
-        return Grab(image=image, source=f"synthetic#{self._delivered}", t_capture_ns=t_ns,
-                    meta={"rendered_defect": defective})
+        meta = {"rendered_defect": defective}
+        cover = self.config.lens_cover
+        if cover is not None and cover.first_part <= self._delivered < cover.first_part + cover.parts:
+            # The part is there (and may be defective) but the camera sees the inside of a lens cap.
+            image = covered_lens(self._rng, self.config.size_px)
+            meta["lens_covered"] = True
+            self.counters["lens_covered"] += 1
+        return Grab(image=image, source=f"synthetic#{self._delivered}", t_capture_ns=t_ns, meta=meta)
 
     def close(self) -> None:
         pass

@@ -56,7 +56,7 @@ tracelog: {{dir: log, images: none}}
         join_release_threads(timeout_s=20.0)
 
     conn = sqlite3.connect(tmp_path / "log" / "trace.sqlite")
-    rows = conn.execute("SELECT seq, reason, decision FROM parts ORDER BY seq").fetchall()
+    rows = conn.execute("SELECT seq, reason, decision, p_defect FROM parts ORDER BY seq").fetchall()
     events = [k for (k,) in conn.execute("SELECT message FROM events WHERE kind IN ('alarm','alarm_cleared')")]
     conn.close()
     triggers = station.camera.counters["triggers"]
@@ -64,6 +64,8 @@ tracelog: {{dir: log, images: none}}
     assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
     bad = [r for r in rows if r[1] == "bad_frame"]
     assert bad and all(r[2] == "reject" for r in bad), "triggers fired into the outage fail safe"
-    assert rows[-1][1] == "model", "classifying again after the reconnect"
+    # Scored again after the reconnect. The fake camera's test pattern is no impeller, so the tiny model's
+    # validity gate may reject it (image_check); either way the frame reached the model and was scored.
+    assert rows[-1][1] in ("model", "image_check") and rows[-1][3] is not None, "classifying again after the reconnect"
     assert any(m.startswith("camera") for m in events)
     assert station.capture.reconnects >= 1

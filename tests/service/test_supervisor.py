@@ -121,16 +121,16 @@ def test_a_stage_that_keeps_dying_makes_the_supervisor_give_up_with_the_alarm_on
 def test_a_crashed_inference_worker_is_restarted_and_its_part_fails_safe(tmp_path):
     loaded = load_config(station_config(tmp_path))
     classifier = Classifier.from_file(loaded.config.model.path, device="cpu", warmup_runs=0)
-    real_predict = classifier.predict
+    real_assess = classifier.assess
     crashed: list[int] = []
 
-    def predict(image):
+    def assess(image):
         if len(crashed) == 0 and station.worker.scored >= 5:
             crashed.append(station.worker.scored)
             raise KeyError("injected fault: not an error type the worker handles")
-        return real_predict(image)
+        return real_assess(image)
 
-    classifier.predict = predict
+    classifier.assess = assess
     station = Station(loaded, classifier=classifier)
     supervisor = Supervisor(station, max_restarts=3, restart_window_s=60)
     station.start()
@@ -150,15 +150,15 @@ def test_a_crashed_inference_worker_is_restarted_and_its_part_fails_safe(tmp_pat
 def test_a_hung_inference_worker_is_reported_and_never_doubled(tmp_path):
     loaded = load_config(station_config(tmp_path, "service: {inference_hang_s: 0.5}"))
     classifier = Classifier.from_file(loaded.config.model.path, device="cpu", warmup_runs=0)
-    real_predict = classifier.predict
+    real_assess = classifier.assess
     hang, release = threading.Event(), threading.Event()
 
-    def predict(image):
+    def assess(image):
         if hang.is_set():
             release.wait(30)  # injected hang: the model call blocks
-        return real_predict(image)
+        return real_assess(image)
 
-    classifier.predict = predict
+    classifier.assess = assess
     station = Station(loaded, classifier=classifier)
     supervisor = Supervisor.from_config(station, loaded.config.service)
     station.start()

@@ -89,14 +89,18 @@ tracelog: {dir: log}
 
 
 def test_model_of_another_architecture_refuses_to_start(tmp_path):
+    import json
+
     import torch
 
-    from station.artifact import ArtifactMetadata, TinyNet, save_artifact
+    from station.artifact import LEGACY_FORMAT, ArtifactMetadata, TinyNet
     from station.preprocess import Preprocess
 
     meta = ArtifactMetadata(architecture="resnet18", class_names=("def_front", "ok_front"),
                             defective_class="def_front", preprocess=Preprocess(input_size=64))
-    save_artifact(tmp_path / "m.pt", TinyNet(2), meta)  # tinynet weights labelled resnet18
+    # tinynet weights labelled resnet18, in the unsealed format-1 layout (a sealed file cannot be edited)
+    torch.save({"format": LEGACY_FORMAT, "metadata_json": json.dumps(meta.to_dict()),
+                "state_dict": TinyNet(2).state_dict()}, tmp_path / "m.pt")
     from station.artifact import ModelArtifactError, load_artifact
     with pytest.raises(ModelArtifactError, match="does not match architecture 'resnet18'"):
         load_artifact(tmp_path / "m.pt")
@@ -176,6 +180,7 @@ tracelog: {dir: log}
     assert "parts           10" in out and "accuracy 50.00%" in out
     assert "escapes         5" in out and "false rejects   0" in out
     assert "capture->verdict p50" in out
+    assert "image checks    0 part(s) outside the validity domain" in out and "gate alarm      image_quality" in out
     export = station("trace", "export", "-c", str(cfg), "--since", "1h", "--csv", cwd=tmp_path)
     assert export.returncode == 0, export.stderr
     table = list(csv.DictReader(io.StringIO(export.stdout)))
@@ -195,9 +200,14 @@ reject: {actuator: {kind: log}}
 """)
     result = station("bench", "-c", str(cfg), "-n", "30", "--repeats", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for stage in ("inference (preprocess + model)", "capture -> verdict", "capture -> actuator command",
+    for stage in ("inference (preprocess + model + gate)", "capture -> verdict", "capture -> actuator command",
                   "sustained parts/s"):
         assert stage in result.stdout
+    # The validity gate is timed on its own: a row of three numbers, and the share of frames it rejected.
+    gate_row = next(line for line in result.stdout.splitlines() if "of which validity gate" in line)
+    p50, p99, worst = (float(v) for v in gate_row.split()[-3:])
+    assert 0 < p50 <= p99 <= worst
+    assert "0 of 30 parts outside the domain" in result.stdout, "rendered frames are inside the tiny model's domain"
     assert not (tmp_path / "var").exists(), "bench writes its log to a temporary folder"
     assert "inference backend torch" in result.stdout
     ort = station("bench", "-c", str(cfg), "-n", "10", "--repeats", "1", "--backend", "onnxruntime", cwd=tmp_path)
@@ -205,7 +215,8 @@ reject: {actuator: {kind: log}}
 
 
 def test_demo_runs_with_simulated_plc(tmp_path):
-    """The Quick start demo, with a tiny model when the shipped one is not built yet."""
+    """The Quick start demo, with a tiny model when the shipped one is not built yet: 32 parts, so the
+    lens-cover episode (parts 25-32) shows the gate rejecting and the image_quality alarm."""
     shipped = REPO / "models" / "impeller-resnet18.pt"
     config = (REPO / "config" / "demo.yaml").read_text()
     config = config.replace("../var/demo", str(tmp_path / "demo-log"))
@@ -215,18 +226,26 @@ def test_demo_runs_with_simulated_plc(tmp_path):
     else:
         config = config.replace("../models/impeller-resnet18.pt", str(shipped))
     cfg = write_config(tmp_path / "demo.yaml", config)
-    result = station("demo", "-c", str(cfg), "--parts", "8", "--rate", "5")
+    result = station("demo", "-c", str(cfg), "--parts", "32", "--rate", "12")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("part ") >= 8
+    part_lines = [line for line in result.stdout.splitlines() if line.startswith("part ")]
+    assert len(part_lines) == 32
+    assert all(any(f"[{kind}]" in line for kind in ("drawn with a defect", "drawn without defect", "lens covered",
+                                                   "broken buffer")) for line in part_lines), \
+        "each line says what the renderer drew"
+    covered = [line for line in part_lines if "[lens covered]" in line]
+    assert covered and all("reject" in line and "image_check" in line for line in covered)
+    assert "no accuracy claim" in result.stdout and "rendered        " in result.stdout
+    assert "image_quality raised 1 time(s)" in result.stdout
     assert "PLC simulated by pymodbus on 127.0.0.1" in result.stdout and "PLC saw" in result.stdout
     # demo.yaml asks for backend auto: onnxruntime on a machine without CUDA.
     import torch
     assert ("(torch on cuda)" if torch.cuda.is_available() else "(onnxruntime on cpu)") in result.stdout
     conn = sqlite3.connect(tmp_path / "demo-log" / "trace.sqlite")
     conn.row_factory = sqlite3.Row
-    rows = conn.execute("SELECT decision, actuator_result, actuator_error FROM parts").fetchall()
+    rows = conn.execute("SELECT decision, reason, actuator_result, actuator_error FROM parts").fetchall()
     conn.close()
-    assert len(rows) == 8
+    assert len(rows) == 32 and sum(r["reason"] == "image_check" for r in rows) == len(covered)
     rejects = len(own_pulse_rows([r for r in rows if r["decision"] == "reject"]))
     expected = f"PLC saw         {rejects} reject pulse(s)" if rejects else "PLC saw         no reject pulse"
     assert expected in result.stdout, "the simulated PLC saw exactly one pulse per reject"

@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import torch
-from support import make_frames, make_tiny_model, query, run_to_end, write_config
+from support import make_frames, make_tiny_model, query, rendered_domain, run_to_end, write_config
 
 from station.app import Station
 from station.artifact import ArtifactMetadata, build_model, save_artifact
@@ -23,7 +23,8 @@ def resnet_artifact(path: Path) -> Path:
     meta = ArtifactMetadata(architecture="resnet18", class_names=("def_front", "ok_front"),
                             defective_class="def_front", preprocess=Preprocess(input_size=224),
                             recommended_threshold=0.5, model_name="untrained-resnet18")
-    save_artifact(path, build_model("resnet18").eval(), meta)
+    model = build_model("resnet18").eval()
+    save_artifact(path, model, meta, validity=rendered_domain(model, meta, per_size=4))
     return path
 
 

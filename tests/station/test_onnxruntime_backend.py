@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 from support import casting_data_dir, make_frames, make_tiny_model, query, require_component, run_to_end, write_config
-from torch import nn
 
-from station.artifact import ModelArtifactError, load_artifact
+from station.artifact import ModelArtifactError, TinyNet, load_artifact
 from station.cameras.replay import list_frames, load_image
 from station.classifier import Classifier
+from station.config_gate import GateLimits
 from station.configfile import ConfigError, load_config
+from station.gate import Gate
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "impeller-resnet18.pt"
 
@@ -46,24 +47,24 @@ tracelog: {{dir: log, images: none}}
         assert abs(p - expected[Path(source).name]) < 1e-5, source
 
 
-class TracedBranch(nn.Module):
-    """A network whose Python branch the ONNX exporter freezes at the example input (all zeros): the
-    exported graph then scores every real image differently from torch. The kind of silent export
-    fault the start-up check is there to catch."""
+class TracedBranch(TinyNet):
+    """The tiny network with a Python branch the ONNX exporter freezes at the example input (all zeros):
+    the exported graph then scores every real image differently from torch, while torch itself scores
+    exactly like the original (so the artifact's reference check passes). The kind of silent export fault
+    the start-up check is there to catch."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.head = nn.Linear(3, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = x.mean(dim=(2, 3))
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        features = super().pooled(x)
         if bool(x.abs().sum() == 0):
-            return self.head(pooled)
-        return self.head(pooled) * 4.0
+            return features * 4.0
+        return features
 
 
 def test_an_export_that_changes_the_scores_is_refused(tmp_path):
-    artifact = dataclasses.replace(load_artifact(make_tiny_model(tmp_path / "tiny.pt")), model=TracedBranch().eval())
+    original = load_artifact(make_tiny_model(tmp_path / "tiny.pt"))
+    branched = TracedBranch()
+    branched.load_state_dict(original.model.state_dict())
+    artifact = dataclasses.replace(original, model=branched.eval())
     with pytest.raises(ModelArtifactError, match="onnxruntime and torch disagree"):
         Classifier(artifact, device="cpu", warmup_runs=0, backend="onnxruntime")
     # The same network on torch is accepted: the refusal is about the conversion, not the model.
@@ -88,25 +89,35 @@ def test_onnxruntime_on_cuda_is_a_config_error_naming_the_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_shipped_model_gives_the_same_verdicts_on_both_backends_on_the_test_split():
+def test_shipped_model_gives_the_same_verdicts_and_gate_decisions_on_both_backends_on_the_test_split():
+    """Every one of the 715 test images: same verdict, same p_defect (to 1e-4), same validity-gate decision
+    (the same failed checks, novelty from each backend's own `features` output to 1e-3 relative)."""
     data = casting_data_dir() / "test"
     require_component(SHIPPED_MODEL.is_file(), f"the shipped model {SHIPPED_MODEL}")
     require_component(data.is_dir(), f"the casting test split {data}")
     artifact = load_artifact(SHIPPED_MODEL)
+    assert artifact.validity is not None
     on_torch = Classifier(artifact, device="cpu", warmup_runs=0, backend="torch")
     on_ort = Classifier(load_artifact(SHIPPED_MODEL), device="cpu", warmup_runs=0, backend="onnxruntime")
+    gate = Gate.build(artifact.validity, GateLimits())
     threshold = artifact.metadata.recommended_threshold
     paths = list_frames(data)
     assert len(paths) == 715
-    worst, flipped = 0.0, []
+    worst, worst_novelty, flipped, gate_differs = 0.0, 0.0, [], []
     for path in paths:
         image = load_image(path)
-        p_torch, p_ort = on_torch.predict(image), on_ort.predict(image)
-        worst = max(worst, abs(p_torch - p_ort))
-        if (p_torch >= threshold) != (p_ort >= threshold):
+        a, b = on_torch.assess(image), on_ort.assess(image)
+        worst = max(worst, abs(a.p_defect - b.p_defect))
+        worst_novelty = max(worst_novelty, abs(a.measures["novelty"] - b.measures["novelty"]) / a.measures["novelty"])
+        if (a.p_defect >= threshold) != (b.p_defect >= threshold):
             flipped.append(path.name)
+        if gate.check(a.measures).failed != gate.check(b.measures).failed:
+            gate_differs.append(path.name)
+        assert {k: v for k, v in a.measures.items() if k != "novelty"} == \
+            {k: v for k, v in b.measures.items() if k != "novelty"}, "image checks see the same pixels"
     assert not flipped, f"verdicts differ between backends: {flipped}"
-    assert worst < 1e-4, worst
+    assert not gate_differs, f"gate decisions differ between backends: {gate_differs}"
+    assert worst < 1e-4 and worst_novelty < 1e-3, (worst, worst_novelty)
 
 
 def test_auto_backend_is_torch_on_cuda_else_onnxruntime():

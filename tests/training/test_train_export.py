@@ -28,6 +28,8 @@ def test_training_loss_falls_and_run_files_exist(tiny_run: Path) -> None:
     assert summary["split"]["val"] == {"def_front": 6, "ok_front": 6}
     assert 0 < summary["threshold"]["threshold"] <= 0.5
     assert summary["threshold"]["val_escapes"] == 0
+    run_model = load_artifact(tiny_run / "model.pt")
+    assert run_model.format == "impeller-artifact/2" and run_model.validity is not None, "the run's model has its gate"
 
 
 def test_resume_continues_from_last_checkpoint(tiny_run: Path, tiny_data: Path, tmp_path: Path,
@@ -90,3 +92,25 @@ def test_evaluate_writes_every_report_file(tiny_run: Path, tiny_data: Path, tmp_
     wrong = metrics["test_full"]["escapes"] + metrics["test_full"]["false_rejects"]
     assert len(list(report.glob("gradcam_*.png"))) == wrong
     assert "escapes" in (report / "report.md").read_text()
+    assert 0 < metrics["test_novel"]["n"] <= metrics["test_full"]["n"] - leaked, "byte copies are never novel"
+    assert metrics["validity_gate"]["image_check"] >= 0 and "## Validity gate" in (report / "report.md").read_text()
+
+
+def test_calibrate_rewrites_a_format_1_artifact_as_format_2_with_the_same_weights(tiny_run: Path, tiny_data: Path,
+                                                                                 tmp_path: Path, capsys) -> None:
+    """An artifact of the previous release (no seal, no gate) gets its validity domain, weights untouched."""
+    import torch
+
+    from station.artifact import LEGACY_FORMAT
+
+    source = load_artifact(tiny_run / "model.pt")
+    torch.save({"format": LEGACY_FORMAT, "metadata_json": json.dumps(source.metadata.to_dict()),
+                "state_dict": source.model.state_dict()}, tmp_path / "old.pt")
+    assert load_artifact(tmp_path / "old.pt").legacy
+    assert main(["calibrate", "--model", str(tmp_path / "old.pt"), "--data", str(tiny_data),
+                 "--out", str(tmp_path / "new.pt")]) == 0
+    new = load_artifact(tmp_path / "new.pt")
+    assert new.format == "impeller-artifact/2" and new.validity is not None
+    assert all(torch.equal(a, b) for a, b in zip(source.model.state_dict().values(), new.model.state_dict().values()))
+    out = capsys.readouterr().out
+    assert '"same_weights": true' in out and "validity domain" in out and "novelty" in out
