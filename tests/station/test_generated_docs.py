@@ -106,7 +106,8 @@ def test_links_between_readme_and_manuals_resolve():
     for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         text = page.read_text(encoding="utf-8")
         anchors = set(re.findall(r'<a id="([^"]+)"></a>', text))
-        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        html_targets = re.findall(r'(?:src|href)="([^"]+)"', text)
+        for target in [*re.findall(r"\]\(([^)\s]+)\)", text), *html_targets]:
             if re.match(r"[a-z]+:", target):
                 continue  # an external address
             path, _, anchor = target.partition("#")
