@@ -49,6 +49,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         "pipeline takes them (sustained throughput)")
     p.add_argument("--backend", choices=("torch", "onnxruntime", "auto"), default=None,
                    help="inference backend to time (default: the YAML's model.backend)")
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="model artifact to time (default: the YAML's model.path)")
     p.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"), default=None,
                    help="model precision to time (default: the YAML's model.precision)")
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
@@ -77,7 +79,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if loaded is None:
         return 2
     overrides = {k: v for k, v in (("backend", args.backend), ("precision", args.precision),
-                                   ("max_batch", args.max_batch)) if v is not None}
+                                   ("max_batch", args.max_batch),
+                                   ("path", Path(args.model).resolve() if args.model else None)) if v is not None}
     if overrides:
         model = loaded.config.model.model_copy(update=overrides)
         try:

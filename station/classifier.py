@@ -39,7 +39,7 @@ from station.network import WithFeatures
 from station.ort_backend import OnnxRuntimeRunner, onnx_bytes, verify_against_torch
 from station.preprocess import FrameFormatError
 from station.records import Frame, GateResult, Prediction, Reason
-from station.runtime_select import Runtime, available_ort_providers, cuda_available, resolve_runtime
+from station.runtime_select import CPU_PROVIDER, Runtime, available_ort_providers, cuda_available, resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Classifier:
         size = self.preprocess.input_size
         self.runner: OnnxRuntimeRunner | None = None
         if self.backend == "onnxruntime":
-            self.runner = self._ort_runner(artifact, threads)
+            self.runner = self._ort_runner(artifact, threads, device)
         logits, _ = self.forward(np.zeros((1, 3, size, size), dtype=np.float32))
         if logits.shape != (1, len(artifact.metadata.class_names)):
             raise ModelArtifactError(
@@ -103,7 +103,7 @@ class Classifier:
         self.planner = BatchPlanner(self.max_batch)
         self._warm_up(warmup_runs)
 
-    def _ort_runner(self, artifact: LoadedArtifact, threads: int | None) -> OnnxRuntimeRunner:
+    def _ort_runner(self, artifact: LoadedArtifact, threads: int | None, device: str) -> OnnxRuntimeRunner:
         size = self.preprocess.input_size
         if self.precision == "int8":
             if artifact.int8 is None:
@@ -115,6 +115,16 @@ class Classifier:
                                      what="INT8")
         runner = OnnxRuntimeRunner(onnx_bytes(artifact.model, input_size=size), providers=self.runtime.providers,
                                    threads=threads, fp16=self.precision == "fp16", what="fp32")
+        if self.runtime.device == "cuda" and set(runner.providers) <= {CPU_PROVIDER}:
+            # onnxruntime-gpu lists its GPU providers even where no GPU (or no CUDA library) loads; the
+            # session then quietly runs on the CPU. Asked for cuda: refuse; auto: say so and go on on the CPU.
+            if device == "cuda":
+                raise ModelArtifactError("model.device is 'cuda' but onnxruntime's GPU providers did not load "
+                                         f"(session has {', '.join(runner.providers)}): check the CUDA/TensorRT "
+                                         "libraries onnxruntime-gpu needs, or use device cpu")
+            log.warning("onnxruntime GPU providers did not load; inference runs on onnxruntime's CPU provider")
+            self.runtime = Runtime("onnxruntime", "cpu", "fp32", (CPU_PROVIDER,))
+            self.precision = "fp32"
         diff = verify_against_torch(runner, artifact.model, input_size=size, defective_index=self.defective_index)
         log.info("onnxruntime session on %s ready (max |p_defect - torch| on probes %.2g)",
                  ", ".join(runner.providers), diff)

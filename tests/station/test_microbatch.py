@@ -18,7 +18,7 @@ from station.microbatch import MARGIN_MS, SAFETY_FACTOR, BatchPlanner
 from station.config_gate import GateLimits
 from station.gate import Gate
 from station.records import Frame, Reason
-from tests.support import make_tiny_model
+from support import make_tiny_model
 
 
 def test_planner_admits_a_frame_only_when_the_batch_ends_before_the_earliest_deadline():

@@ -12,7 +12,7 @@ from station.artifact import ModelArtifactError, load_artifact, save_artifact
 from station.cameras.synthetic import render_impeller
 from station.classifier import Classifier
 from station.int8_model import Int8Graph
-from tests.support import make_tiny_model
+from support import make_tiny_model
 from training.quantize import build_int8, card_section, with_section
 
 pytest.importorskip("onnxruntime.quantization")
@@ -103,3 +103,27 @@ def test_the_card_section_is_replaced_not_duplicated(tiny):
     card = with_section("# Card\n\n## Data\n\nx\n", section)
     again = with_section(card.replace("QDQ", "QDQ "), section)
     assert again.count("## INT8") == 1 and again.startswith("# Card") and "## Data" in again
+
+
+@pytest.mark.slow
+def test_shipped_model_int8_has_no_escapes_or_false_rejects_on_the_test_split(data_dir, tmp_path):
+    """The command the model card's INT8 figures come from, on the shipped model and the real data: it
+    writes the graph only when validation escapes and false rejects do not rise, and on the 715 test
+    images INT8 (with and without the gate) has 0 escapes and 0 false rejects; the station runs it."""
+    from pathlib import Path
+
+    from support import require_component
+
+    from training.quantize import quantize_artifact
+
+    shipped = Path(__file__).resolve().parents[2] / "models" / "impeller-resnet18.pt"
+    require_component(shipped.is_file(), f"the shipped model {shipped}")
+    out = tmp_path / "int8.pt"
+    result = quantize_artifact(model_path=shipped, data=data_dir, out=out, calibration=100)
+    test = result["test"]
+    assert test["images"] == 715
+    for key in ("escapes", "false_rejects", "escapes_gated", "false_rejects_gated"):
+        assert test["int8"][key] == 0, (key, test)
+    assert result["validation"]["int8"]["escapes"] == result["validation"]["int8"]["false_rejects"] == 0
+    clf = Classifier.from_file(out, backend="auto", device="cpu", precision="int8", warmup_runs=1)
+    assert clf.precision == "int8" and clf.runner is not None
