@@ -9,7 +9,10 @@ ever what is already queued, so an isolated part is scored alone, with no added 
 
 The expected time per batch size is what the classifier measured at warm-up, then an exponentially
 weighted mean of what the worker measured since, multiplied by a safety factor; an unmeasured size
-is extrapolated from the single-frame time (a batch of n never costs more than n single runs).
+is extrapolated from the single-frame time (a batch of n never costs more than n single runs). A
+frame also joins only when batching pays: a batch of n must be measured faster than a batch of n - 1
+plus a single frame. On a small CPU it often does not (ONNX Runtime already spreads one image over the
+cores; docs/performance.md has the measurements), and the worker then scores one frame at a time.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class BatchPlanner:
             return False
         if size == 1:
             return True  # a single frame is always scored; a late one still gets its fail-safe verdict
+        with self._lock:
+            mean, smaller, single = (self._mean_ms.get(n) for n in (size, size - 1, 1))
+        if mean is None or smaller is None or single is None or not mean < smaller + single:
+            return False  # unmeasured, or one more frame in the batch costs as much as scoring it alone
         expected = self.expected_ms(size)
         if expected is None:
             return False
