@@ -67,9 +67,11 @@ class ModelSection(_Strict):
                             "onnxruntime's CPU provider, about 3x faster than fp32; refused at start unless it "
                             "agrees with fp32 on the probe images within the tolerance the artifact records.")
     max_batch: int = Field(
-        4, ge=1, le=64,
+        1, ge=1, le=64,
         description="Most queued frames scored in one forward pass when parts bunch up; a frame joins a batch "
-                    "only if the batch is expected to finish before every part's deadline. 1: one at a time.")
+                    "only if the batch is expected to finish before every part's deadline and batching was "
+                    "measured to pay. 1: one at a time (on a 2-core CPU batching gave fewer parts/s; measure "
+                    "yours with `station bench --max-batch N`).")
 
     @model_validator(mode="after")
     def _runtime_fits(self) -> ModelSection:
