@@ -2,7 +2,7 @@
 
 `Classifier` turns station images into p_defect with the artifact's own preprocessing, on the runtime
 `station.runtime_select` resolves from `model.backend`, `model.device` and `model.precision`: torch on
-the CPU, or on CUDA in fp16 and channels_last; ONNX Runtime on the CPU in fp32 (the model converted
+the CPU, or on CUDA (fp32, or fp16 and channels_last when asked); ONNX Runtime on the CPU in fp32 (the model converted
 at start, `station.ort_backend`) or INT8 (the quantized graph inside the artifact, `station.int8_model`),
 or on a GPU provider with onnxruntime-gpu. Whatever runs it must first reproduce the artifact's
 recorded reference results (and, for onnxruntime, agree with torch or fp32 on probe images). One

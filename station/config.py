@@ -62,7 +62,9 @@ class ModelSection(_Strict):
                              "on a GPU with onnxruntime-gpu installed. auto: onnxruntime on a GPU provider, else "
                              "torch on CUDA, else onnxruntime on the CPU.")
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
-        "auto", description="Arithmetic of the network. auto: fp16 on CUDA, fp32 on the CPU. fp16: CUDA only. "
+        "auto", description="Arithmetic of the network. auto: fp32. fp16: CUDA only (torch fp16 channels_last, or "
+                            "TensorRT fp16 engines); never validated on a GPU here, the start-up reference check "
+                            "decides. "
                             "int8: the artifact's INT8 graph (added by `python -m training quantize`) on "
                             "onnxruntime's CPU provider, about 3x faster than fp32; refused at start unless it "
                             "agrees with fp32 on the probe images within the tolerance the artifact records.")

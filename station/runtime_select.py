@@ -3,8 +3,9 @@
 `resolve_runtime` turns the YAML's `model.backend`, `model.device` and `model.precision` into one
 `Runtime`, from what this machine offers: whether torch sees a CUDA device, and which execution
 providers the installed onnxruntime has (`onnxruntime-gpu` adds CUDA and TensorRT). `auto` prefers,
-in order: onnxruntime on a GPU provider (TensorRT, then CUDA), torch on CUDA (fp16, channels_last),
-onnxruntime on the CPU, torch on the CPU. INT8 is the artifact's quantized graph on onnxruntime's CPU
+in order: onnxruntime on a GPU provider (TensorRT, then CUDA), torch on CUDA, onnxruntime on the CPU,
+torch on the CPU; precision `auto` is fp32 everywhere (fp16, torch channels_last on CUDA or TensorRT
+fp16 engines, only when `model.precision: fp16` asks for it: no GPU was available to validate it). INT8 is the artifact's quantized graph on onnxruntime's CPU
 provider only: it was calibrated and validated there. It is a pure function of its inputs, so the
 selection is tested on machines without a GPU; a choice that cannot run here is a one-line
 `ModelArtifactError` naming the key, never a silent fallback to something else.
@@ -127,7 +128,8 @@ def _int8(backend: str, device: str, providers: tuple[str, ...] | None) -> Runti
 
 
 def _torch_cuda(precision: str) -> Runtime:
-    return Runtime("torch", "cuda", "fp32" if precision == "fp32" else "fp16")
+    # fp16 only when asked: whether it reproduces the artifact's reference scores was never measured on a GPU.
+    return Runtime("torch", "cuda", "fp16" if precision == "fp16" else "fp32")
 
 
 def _ort_gpu(precision: str, gpu_providers: tuple[str, ...]) -> Runtime:
@@ -135,5 +137,5 @@ def _ort_gpu(precision: str, gpu_providers: tuple[str, ...]) -> Runtime:
         raise ModelArtifactError("model.precision fp16 on onnxruntime needs the TensorRT provider (the CUDA provider "
                                  "runs the fp32 graph); use precision fp32 or auto, or backend torch")
     # TensorRT builds fp16 engines from the fp32 graph; the CUDA provider runs it as it is (fp32).
-    fp16 = precision in ("auto", "fp16") and TENSORRT_PROVIDER in gpu_providers
+    fp16 = precision == "fp16" and TENSORRT_PROVIDER in gpu_providers
     return Runtime("onnxruntime", "cuda", "fp16" if fp16 else "fp32", (*gpu_providers, CPU_PROVIDER))

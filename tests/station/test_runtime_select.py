@@ -30,11 +30,13 @@ def test_auto_on_a_cpu_machine_is_onnxruntime_fp32_on_the_cpu_else_torch():
     assert pick("auto", "cpu", cuda=True, providers=ORT_GPU).providers == CPU_ONLY, "device cpu keeps it there"
 
 
-def test_auto_prefers_onnxruntime_gpu_then_torch_cuda_fp16():
-    assert pick("auto", cuda=True, providers=ORT_GPU) == Runtime("onnxruntime", "cuda", "fp16", ORT_GPU)
+def test_auto_prefers_onnxruntime_gpu_then_torch_cuda_and_fp16_only_when_asked():
+    assert pick("auto", cuda=True, providers=ORT_GPU) == Runtime("onnxruntime", "cuda", "fp32", ORT_GPU)
+    assert pick("auto", precision="fp16", cuda=True, providers=ORT_GPU) == Runtime("onnxruntime", "cuda", "fp16",
+                                                                                 ORT_GPU)
     assert pick("auto", cuda=True, providers=ORT_CUDA) == Runtime("onnxruntime", "cuda", "fp32", ORT_CUDA)
-    assert pick("auto", cuda=True) == Runtime("torch", "cuda", "fp16")
-    assert pick("auto", "cuda", "fp32", cuda=True) == Runtime("torch", "cuda", "fp32")
+    assert pick("auto", cuda=True) == Runtime("torch", "cuda", "fp32"), "fp16 only when asked"
+    assert pick("auto", "cuda", "fp16", cuda=True) == Runtime("torch", "cuda", "fp16")
 
 
 def test_int8_is_onnxruntime_on_the_cpu_whatever_gpu_the_machine_has():
@@ -66,7 +68,7 @@ def test_a_choice_this_machine_cannot_run_is_refused_naming_the_fix(backend, dev
 
 
 def test_explicit_choices_are_kept():
-    assert pick("torch", "auto", cuda=True) == Runtime("torch", "cuda", "fp16")
+    assert pick("torch", "auto", cuda=True) == Runtime("torch", "cuda", "fp32")
     assert pick("torch", "cpu", cuda=True) == Runtime("torch", "cpu", "fp32")
     assert pick("onnxruntime", "auto", cuda=True, providers=ORT_CUDA) == Runtime("onnxruntime", "cuda", "fp32",
                                                                                 ORT_CUDA)
@@ -76,5 +78,5 @@ def test_explicit_choices_are_kept():
 def test_describe_names_backend_device_and_any_precision_but_fp32():
     assert pick("auto").describe() == "onnxruntime on cpu"
     assert pick("auto", precision="int8").describe() == "onnxruntime on cpu, int8"
-    assert pick("auto", cuda=True).describe() == "torch on cuda, fp16"
-    assert pick("auto", cuda=True, providers=ORT_GPU).describe() == "onnxruntime on tensorrt+cuda, fp16"
+    assert pick("auto", "auto", "fp16", cuda=True).describe() == "torch on cuda, fp16"
+    assert pick("auto", "auto", "fp16", cuda=True, providers=ORT_GPU).describe() == "onnxruntime on tensorrt+cuda, fp16"
