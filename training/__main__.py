@@ -1,4 +1,4 @@
-"""`python -m training {train,evaluate,export,calibrate,quantize}`: the training package's command line.
+"""`python -m training {train,evaluate,export,calibrate,quantize,speed}`: the training package's command line.
 
 Bad input (an empty or single-class data folder, unreadable images, a weights file of the wrong
 architecture, a missing model) is reported as one clear line on stderr with exit code 2, before
@@ -159,6 +159,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_speed(args: argparse.Namespace) -> int:
+    from training.speed import compare
+
+    if args.batches < 2 or args.batch_size < 1:
+        raise DataError("--batches must be at least 2 (the first is a warm-up) and --batch-size at least 1")
+    print("\n".join(compare(args)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=fmt)
@@ -214,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: one per core)")
     p.add_argument("--card", type=Path, default=None, help="model card to write the INT8 section into")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("speed", help="CPU train-step images/s and numerics: fp32 vs channels_last vs bf16 "
+                                     "autocast on the same batches", formatter_class=fmt)
+    from training.speed import add_speed_args
+
+    add_speed_args(p)
+    p.set_defaults(func=cmd_speed)
     return parser
 
 
