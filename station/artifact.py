@@ -7,7 +7,8 @@ training code version, the validity domain's limits, reference statistics and ca
 the reference inputs' expected scores), `state_dict` (the weights), `validity_tensors` (the novelty
 fit), `reference_images`, optionally `int8` (an INT8 copy of the network for `model.precision: int8`,
 with its own metadata section; `station.int8_model`), and `digests` (sha256 of the tensors and of the
-metadata text, taken at export). The zip archive's comment carries a seal over every other byte (`station.artifact_integrity`).
+metadata text, taken at export). The zip archive's comment carries a seal over every other byte
+(`station.artifact_integrity`).
 `load_artifact` checks the seal before parsing, then the digests, shapes, finite weights, and scores
 the reference inputs; anything missing, corrupt or mismatched raises a one-line `ModelArtifactError`.
 Format `impeller-artifact/1` (no seal, no validity domain) still loads, with `legacy` set: the station

@@ -5,8 +5,9 @@
 providers the installed onnxruntime has (`onnxruntime-gpu` adds CUDA and TensorRT). `auto` prefers,
 in order: onnxruntime on a GPU provider (TensorRT, then CUDA), torch on CUDA, onnxruntime on the CPU,
 torch on the CPU; precision `auto` is fp32 everywhere (fp16, torch channels_last on CUDA or TensorRT
-fp16 engines, only when `model.precision: fp16` asks for it: no GPU was available to validate it). INT8 is the artifact's quantized graph on onnxruntime's CPU
-provider only: it was calibrated and validated there. It is a pure function of its inputs, so the
+fp16 engines, only when `model.precision: fp16` asks for it: no GPU was available to validate it).
+INT8 is the artifact's quantized graph on onnxruntime's CPU provider only: it was calibrated and
+validated there. It is a pure function of its inputs, so the
 selection is tested on machines without a GPU; a choice that cannot run here is a one-line
 `ModelArtifactError` naming the key, never a silent fallback to something else.
 """

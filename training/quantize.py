@@ -265,8 +265,9 @@ def card_section(result: dict[str, Any]) -> str:
         lines.append(f"| test | {t['images']} | {t['fp32']['escapes']} / {t['fp32']['false_rejects']} | "
                      f"{t['int8']['escapes']} / {t['int8']['false_rejects']} | {t['int8']['escapes_gated']} / "
                      f"{t['int8']['false_rejects_gated']} |")
+    worst = v["worst_in_domain"]
     lines += ["", f"Largest p_defect change in the domain (agreement set of {v['agreement_images']} images): "
-                  f"{v['worst_in_domain']['p_defect_abs']:.4f}; novelty {100 * v['worst_in_domain']['novelty_rel']:.1f} %"
+                  f"{worst['p_defect_abs']:.4f}; novelty {100 * worst['novelty_rel']:.1f} %"
                   + (f"; on the test split {t['max_p_defect_change']:.4f}" if t else "") + ". "
               f"Recorded tolerances (the station refuses INT8 beyond them on its probes): p_defect "
               f"{result['tolerance']['p_defect_abs']:.3g}, novelty {100 * result['tolerance']['novelty_rel']:.1f} %; "
