@@ -123,7 +123,8 @@ class Station:
         assert self.reject_worker is not None
         self.scheduler = self._new_scheduler(self.reject_worker)
         self.deadline_watch = DeadlineWatch(self.decision)
-        self.worker = InferenceWorker(self.frames, self.classifier, self.decision.on_prediction, gate=self.gate)
+        self.worker = InferenceWorker(self.frames, self.classifier, self.decision.on_prediction, gate=self.gate,
+                                      deadline_ns=self.decision.deadline_ns)
         self.capture = self._new_capture(first_seq)
         self.tracelog.start()
         self.tracelog.event("INFO", "start", f"run {self.run_id}: model {self.classifier.describe()}, "
@@ -465,7 +466,8 @@ class Station:
         elif name == "inference":
             assert isinstance(old, InferenceWorker)
             # The part it was scoring is still pending: the deadline watch gives it its fail-safe verdict.
-            new = InferenceWorker(self.frames, old.classifier, self.decision.on_prediction, gate=old.gate)
+            new = InferenceWorker(self.frames, old.classifier, self.decision.on_prediction, gate=old.gate,
+                                  deadline_ns=self.decision.deadline_ns)
             new.scored, new.errors = old.scored, old.errors
             self.worker = new
         elif name == "deadline":

@@ -5,8 +5,10 @@ Format `impeller-artifact/2`: a `torch.save` of plain data that loads with `torc
 "defective", preprocessing, recommended threshold, training data fingerprint and split, test metrics,
 training code version, the validity domain's limits, reference statistics and calibration table, and
 the reference inputs' expected scores), `state_dict` (the weights), `validity_tensors` (the novelty
-fit), `reference_images`, and `digests` (sha256 of the tensors and of the metadata text, taken at
-export). The zip archive's comment carries a seal over every other byte (`station.artifact_integrity`).
+fit), `reference_images`, optionally `int8` (an INT8 copy of the network for `model.precision: int8`,
+with its own metadata section; `station.int8_model`), and `digests` (sha256 of the tensors and of the
+metadata text, taken at export). The zip archive's comment carries a seal over every other byte
+(`station.artifact_integrity`).
 `load_artifact` checks the seal before parsing, then the digests, shapes, finite weights, and scores
 the reference inputs; anything missing, corrupt or mismatched raises a one-line `ModelArtifactError`.
 Format `impeller-artifact/1` (no seal, no validity domain) still loads, with `legacy` set: the station
@@ -29,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from station.int8_model import TENSOR_GROUP as INT8_GROUP
+from station.int8_model import Int8Error, Int8Graph
 from station.artifact_integrity import (
     ReferenceMismatch, SealError, compare_references, has_seal, reference_images, score_references, seal, tensor_digest,
     text_digest, verify_seal,
@@ -117,6 +121,7 @@ class LoadedArtifact:
     validity: ValidityDomain | None = None      # None only for a legacy (format 1) artifact: gate off
     reference_images: np.ndarray | None = None  # uint8 N x S x S
     reference_scores: list[dict[str, Any]] = field(default_factory=list)
+    int8: Int8Graph | None = None                # the quantized graph, when `training quantize` added one
 
     @property
     def model_id(self) -> str:
@@ -170,8 +175,9 @@ def network_from_state(metadata: ArtifactMetadata, state: dict[str, torch.Tensor
 
 
 def save_artifact(path: Path | str, model: nn.Module, metadata: ArtifactMetadata, *, validity: ValidityDomain,
-                  half: bool = False) -> str:
-    """Write a sealed format-2 artifact atomically and return its sha256. `half` stores fp16 weights.
+                  half: bool = False, int8: Int8Graph | None = None) -> str:
+    """Write a sealed format-2 artifact atomically and return its sha256. `half` stores fp16 weights;
+    `int8` adds the quantized graph (`training.quantize`).
 
     The reference inputs are scored here with the weights as stored, so the recorded results are what
     a station loading this file must reproduce."""
@@ -181,12 +187,18 @@ def save_artifact(path: Path | str, model: nn.Module, metadata: ArtifactMetadata
                                 preprocess=metadata.preprocess, novelty=validity.novelty,
                                 defective_index=metadata.defective_index)
     meta = {**metadata.to_dict(), "validity": validity.to_dict(), "reference_scores": expected}
+    if int8 is not None:
+        meta["int8"] = int8.info
     metadata_json = json.dumps(meta, sort_keys=True)
     groups = {"state_dict": state, "validity_tensors": validity.novelty.tensors(),
               "reference": {"images": torch.from_numpy(refs)}}
+    if int8 is not None:
+        groups[INT8_GROUP] = int8.tensors()
     payload = {"format": ARTIFACT_FORMAT, "metadata_json": metadata_json, "state_dict": state,
                "validity_tensors": groups["validity_tensors"], "reference_images": groups["reference"]["images"],
                "digests": {"tensors_sha256": tensor_digest(groups), "metadata_sha256": text_digest(metadata_json)}}
+    if int8 is not None:
+        payload[INT8_GROUP] = groups[INT8_GROUP]
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     path = Path(path)
@@ -241,7 +253,13 @@ def load_artifact(path: Path | str) -> LoadedArtifact:
         raise ModelArtifactError(f"model file {path} is corrupt: its metadata does not match the digest taken "
                                  f"at export")
     groups = {"state_dict": state, "validity_tensors": validity_tensors, "reference": {"images": refs}}
-    if tensor_digest(groups) != digests.get("tensors_sha256"):
+    if INT8_GROUP in payload:
+        groups[INT8_GROUP] = payload[INT8_GROUP]
+    try:
+        digest_ok = tensor_digest(groups) == digests.get("tensors_sha256")
+    except (AttributeError, TypeError) as exc:  # a group that is not a dictionary of tensors
+        raise ModelArtifactError(f"model file {path} is corrupt: its tensors are malformed ({exc})") from None
+    if not digest_ok:
         raise ModelArtifactError(f"model file {path} is corrupt: its tensors do not match the digest taken at export")
     try:
         meta_dict = json.loads(metadata_json)
@@ -250,6 +268,12 @@ def load_artifact(path: Path | str) -> LoadedArtifact:
         expected = list(meta_dict["reference_scores"])
     except (KeyError, TypeError, json.JSONDecodeError, ValidityError) as exc:
         raise ModelArtifactError(f"model file {path}: metadata or validity domain invalid: {exc}") from exc
+    int8 = None
+    if "int8" in meta_dict or INT8_GROUP in payload:
+        try:
+            int8 = Int8Graph.from_parts(meta_dict.get("int8"), payload.get(INT8_GROUP))
+        except Int8Error as exc:
+            raise ModelArtifactError(f"model file {path}: its INT8 graph is invalid: {exc}") from exc
     model = _network(metadata, state, path)
     if validity.novelty.feature_dim != WithFeatures(model).feature_dim:
         raise ModelArtifactError(f"model file {path}: the novelty fit is for {validity.novelty.feature_dim}-d "
@@ -263,7 +287,7 @@ def load_artifact(path: Path | str) -> LoadedArtifact:
         raise ModelArtifactError(f"model file {path} fails its reference check on this machine: {exc}") from exc
     return LoadedArtifact(model=model, metadata=metadata, sha256=hashlib.sha256(raw).hexdigest(), path=path,
                           format=ARTIFACT_FORMAT, validity=validity, reference_images=ref_images,
-                          reference_scores=expected)
+                          reference_scores=expected, int8=int8)
 
 
 def _torch_payload(raw: bytes, path: Path) -> dict[str, Any]:

@@ -5,8 +5,12 @@ Each repeat runs a fresh `Station` built from the YAML, with the camera swapped 
 (sustained throughput) or at `--rate` parts/s (latency at line speed), every
 part forced to a reject with zero ejector delay so the actuator command follows the verdict at
 once: capture -> actuator command is then the true end-to-end latency. The validity gate (image checks,
-novelty, limit comparison) runs inside the inference step and is also timed on its own. The log goes
-to a temporary folder. Figures are medians over the repeats of each run's p50/p99/max and parts/s.
+novelty, limit comparison) runs inside the inference step and is also timed on its own. After each
+repeat the same loaded model is timed bare on one frame of the run (`station.bench_bare`), back to back
+and at the bench's pace, and the report prints the pipeline's overhead over it. Parts that would have
+missed the YAML's decision deadline (the bench itself runs with a 60 s one, so nothing is forced to a
+fail-safe verdict) and queue overruns are counted. The log goes to a temporary folder. Figures are
+medians over the repeats of each run's p50/p99/max and parts/s.
 `--actuator KIND` instead benchmarks the pulse timing of one actuator kind (station.cli_bench_actuator).
 `--with-hmi` runs each repeat twice, without and with the operator HMI and a polling client beside the
 station (station.bench_hmi), and prints both side by side.
@@ -45,6 +49,12 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         "pipeline takes them (sustained throughput)")
     p.add_argument("--backend", choices=("torch", "onnxruntime", "auto"), default=None,
                    help="inference backend to time (default: the YAML's model.backend)")
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="model artifact to time (default: the YAML's model.path)")
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"), default=None,
+                   help="model precision to time (default: the YAML's model.precision)")
+    p.add_argument("--max-batch", type=int, default=None, metavar="N",
+                   help="micro-batch limit to time (default: the YAML's model.max_batch; 1: no batching)")
     p.add_argument("--keep-actuator", action="store_true",
                    help="use the YAML's reject actuator (default: the log actuator, to time the pipeline alone)")
     p.add_argument("--with-hmi", action="store_true",
@@ -68,12 +78,16 @@ def run_bench(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.config, use=ConfigUse.BENCH)
     if loaded is None:
         return 2
-    if args.backend:
-        model = loaded.config.model.model_copy(update={"backend": args.backend})
+    overrides = {k: v for k, v in (("backend", args.backend), ("precision", args.precision),
+                                   ("max_batch", args.max_batch),
+                                   ("path", Path(args.model).resolve() if args.model else None)) if v is not None}
+    if overrides:
+        model = loaded.config.model.model_copy(update=overrides)
         try:
             model = type(model).model_validate(model.model_dump())
         except ValueError as exc:
-            print(f"bench: --backend {args.backend}: {exc}", file=sys.stderr)
+            print(f"bench: {' '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in overrides.items())}: "
+                  f"{exc}", file=sys.stderr)
             return 2
         loaded = dataclasses.replace(loaded, config=loaded.config.model_copy(update={"model": model}))
     if args.with_hmi:
@@ -88,7 +102,8 @@ def run_bench(args: argparse.Namespace) -> int:
             return 2
         runs.append(result)
         print(f"repeat {i + 1}/{args.repeats}: {result['parts_per_s']:.1f} parts/s", file=sys.stderr)
-    print(format_bench(runs, parts=args.parts, rate=args.rate, backend=runs[0]["backend"]))
+    print(format_bench(runs, parts=args.parts, rate=args.rate, backend=runs[0]["backend"],
+                       deadline_ms=loaded.config.decision.deadline_ms))
     return 0
 
 
@@ -120,15 +135,19 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
     from station.app import Station
     from station.cameras.replay import ReplayCamera
     from station.cameras.synthetic import SyntheticCamera
+    from station.bench_bare import BACK_TO_BACK_CALLS, time_bare
     from station.health import percentiles
 
+    first_image: list = []
     verdicts: dict[int, Verdict] = {}
     reports: dict[int, ActuationReport] = {}
     lock = threading.Lock()
 
-    def on_verdict(v: Verdict, _f: Frame) -> None:
+    def on_verdict(v: Verdict, f: Frame) -> None:
         with lock:
             verdicts[v.seq] = v
+            if not first_image and f.image is not None:
+                first_image.append(f.image)
 
     def on_report(r: ActuationReport) -> None:
         with lock:
@@ -158,6 +177,9 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
             elapsed = time.monotonic() - t0
         finally:
             station.stop()
+    # The station has stopped; its classifier (same session, threads, precision) is timed bare.
+    bare = time_bare(station.classifier, first_image[0], rate=rate) if first_image else {}
+    deadline_ms = loaded.config.decision.deadline_ms
     infer = [v.infer_ms for v in verdicts.values() if v.infer_ms is not None]
     decide = [v.decide_ms for v in verdicts.values()]
     e2e = [(r.fired_ns - verdicts[s].t_capture_ns) / 1e6 for s, r in reports.items()
@@ -167,7 +189,10 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
     queue_wait = [v.decide_ms - v.infer_ms for v in verdicts.values() if v.infer_ms is not None]
     gate = [v.gate.gate_ms for v in verdicts.values() if v.gate is not None]
     return {"parts": len(verdicts), "parts_per_s": len(verdicts) / elapsed if elapsed > 0 else 0.0,
-            "backend": station.classifier.backend,
+            "backend": station.classifier.describe(), "bare": bare, "bare_calls": BACK_TO_BACK_CALLS,
+            "batched": (station.worker.batches, station.worker.batched_frames),
+            "missed": sum(1 for v in verdicts.values() if v.decide_ms > deadline_ms),
+            "overruns": sum(1 for v in verdicts.values() if v.reason.value in ("overrun", "timeout")),
             "image_check": sum(1 for v in verdicts.values() if v.gate is not None and not v.gate.passed),
             "stages": {"queue wait + decision": percentiles(queue_wait),
                        "inference (preprocess + model + gate)": percentiles(infer),
@@ -179,23 +204,32 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
                            [r.lateness_ms for r in reports.values() if r.lateness_ms is not None])}}
 
 
-def format_bench(runs: list[dict], *, parts: int, rate: float | None = None, backend: str | None = None) -> str:
+def format_bench(runs: list[dict], *, parts: int, rate: float | None = None, backend: str | None = None,
+                 deadline_ms: float | None = None) -> str:
     def med(values: list[float | None]) -> str:
         vals = [v for v in values if v is not None]
         return f"{statistics.median(vals):8.2f}" if vals else "     n/a"
 
     pace = "as fast as possible" if rate is None else f"{rate:g} parts/s"
-    on = f", inference backend {backend}" if backend else ""
+    on = f", model {backend}" if backend else ""
     lines = [f"station bench: {parts} parts x {len(runs)} repeat(s) at {pace}{on}; medians over repeats, ms",
-             f"{'stage':<34}{'p50':>8}{'p99':>8}{'max':>8}"]
+             f"{'stage':<40}{'p50':>8}{'p99':>8}{'max':>8}"]
     for stage in runs[0]["stages"]:
         row = [run["stages"][stage] for run in runs]
-        lines.append(f"{stage:<34}{med([r['p50'] for r in row])}{med([r['p99'] for r in row])}"
+        lines.append(f"{stage:<40}{med([r['p50'] for r in row])}{med([r['p99'] for r in row])}"
                      f"{med([r['max'] for r in row])}")
-    lines.append(f"{'sustained parts/s':<34}{statistics.median(r['parts_per_s'] for r in runs):8.1f}")
+    lines.append(f"{'sustained parts/s':<40}{statistics.median(r['parts_per_s'] for r in runs):8.1f}")
+    if deadline_ms is not None and "missed" in runs[0]:
+        lines.append(f"parts over the YAML's {deadline_ms:g} ms deadline: {max(r['missed'] for r in runs)}; queue "
+                     f"overruns/timeouts: {max(r['overruns'] for r in runs)} (worst repeat); micro-batches: "
+                     f"{runs[0]['batched'][0]} holding {runs[0]['batched'][1]} parts in repeat 1")
     if runs[0]["stages"]["  of which validity gate"]["p50"] is None:
         lines.append("validity gate: OFF (format-1 model)")
     else:
         lines.append("validity gate: image checks + novelty + limit comparison, timed inside inference; "
                      f"{runs[0]['image_check']} of {runs[0]['parts']} parts outside the domain in repeat 1")
+    if runs[0].get("bare"):
+        from station.bench_bare import format_bare
+
+        lines += format_bare(runs, rate=rate)
     return "\n".join(lines)

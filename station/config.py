@@ -57,15 +57,35 @@ class ModelSection(_Strict):
     threads: int | None = Field(None, ge=1, le=256,
                                 description="CPU inference threads (null: the backend's default, one per core).")
     backend: Literal["torch", "onnxruntime", "auto"] = Field(
-        "torch", description="torch: CUDA or CPU. onnxruntime: CPU only; the model is converted at start and "
-                             "refused unless it scores probe images like torch (about half torch's CPU time "
-                             "per image). auto: torch on CUDA when the device allows, else onnxruntime.")
+        "torch", description="torch: CUDA or CPU. onnxruntime: the model is converted at start and refused "
+                             "unless it scores probe images like torch (about half torch's CPU time per image); "
+                             "on a GPU with onnxruntime-gpu installed. auto: onnxruntime on a GPU provider, else "
+                             "torch on CUDA, else onnxruntime on the CPU.")
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "auto", description="Arithmetic of the network. auto: fp32. fp16: CUDA only (torch fp16 channels_last, or "
+                            "TensorRT fp16 engines); never validated on a GPU here, the start-up reference check "
+                            "decides. "
+                            "int8: the artifact's INT8 graph (added by `python -m training quantize`) on "
+                            "onnxruntime's CPU provider, about 3x faster than fp32; refused at start unless it "
+                            "agrees with fp32 on the probe images within the tolerance the artifact records.")
+    max_batch: int = Field(
+        1, ge=1, le=64,
+        description="Most queued frames scored in one forward pass when parts bunch up; a frame joins a batch "
+                    "only if the batch is expected to finish before every part's deadline and batching was "
+                    "measured to pay. 1: one at a time (on a 2-core CPU batching gave fewer parts/s; measure "
+                    "yours with `station bench --max-batch N`).")
 
     @model_validator(mode="after")
-    def _backend_device(self) -> ModelSection:
-        """`model.backend: onnxruntime` runs on the CPU: `device: cuda` with it is an error."""
-        if self.backend == "onnxruntime" and self.device == "cuda":
-            raise ValueError("model.backend: onnxruntime runs on the CPU; use device cpu or auto, or backend torch")
+    def _runtime_fits(self) -> ModelSection:
+        """`model.precision` int8 runs on onnxruntime's CPU provider, fp16 on CUDA: a combination that can
+        never run is an error naming the key."""
+        if self.precision == "int8" and self.backend == "torch":
+            raise ValueError("model.precision: int8 runs on onnxruntime (the artifact's quantized graph); use "
+                             "backend onnxruntime or auto")
+        if self.precision == "int8" and self.device == "cuda":
+            raise ValueError("model.precision: int8 runs on onnxruntime's CPU provider; use device cpu or auto")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("model.precision: fp16 runs on CUDA only; use fp32 or int8 with device cpu")
         return self
 
 

@@ -64,8 +64,12 @@ class DecisionMaker:
         with self._lock:
             return len(self._pending)
 
+    def deadline_ns(self, frame: Frame) -> int:
+        """When `frame`'s verdict is due at the latest (monotonic ns), under the current settings."""
+        return frame.t_capture_ns + int(self.settings.deadline_ms * 1e6)
+
     def register(self, frame: Frame) -> None:
-        deadline = frame.t_capture_ns + int(self.settings.deadline_ms * 1e6)
+        deadline = self.deadline_ns(frame)
         with self._lock:
             self._pending[frame.seq] = frame
             heapq.heappush(self._deadlines, (deadline, frame.seq))

@@ -178,8 +178,8 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
 
 
 def load_changed_model(running: Classifier, old: StationConfig, new: StationConfig) -> Classifier | None:
-    """A new, verified classifier when the model path, the file's content, its device or its backend
-    changed (or onnxruntime's thread count); else None."""
+    """A new, verified classifier when the model path, the file's content or any other model setting
+    (device, backend, precision, batch size, warm-up) changed (or onnxruntime's thread count); else None."""
     m = new.model
     try:
         same_file = m.path == old.model.path and file_sha256(m.path) == running.artifact.sha256
@@ -188,8 +188,8 @@ def load_changed_model(running: Classifier, old: StationConfig, new: StationConf
                           f"the running model {running.model_id} is kept") from exc
     # An onnxruntime session fixes its thread count when it is made: a new count needs a new session.
     threads_fixed = m.backend != "torch" and m.threads != old.model.threads
-    if same_file and not threads_fixed and (m.device, m.warmup_runs, m.backend) == (
-            old.model.device, old.model.warmup_runs, old.model.backend):
+    if same_file and not threads_fixed and m.model_dump(exclude={"path", "threads"}) == \
+            old.model.model_dump(exclude={"path", "threads"}):
         return None
     try:
         # Loading verifies it: seal, digests, format, architecture, tensor shapes, finite weights, the

@@ -1,4 +1,4 @@
-"""`python -m training {train,evaluate,export,calibrate}`: the training package's command line.
+"""`python -m training {train,evaluate,export,calibrate,quantize,speed}`: the training package's command line.
 
 Bad input (an empty or single-class data folder, unreadable images, a weights file of the wrong
 architecture, a missing model) is reported as one clear line on stderr with exit code 2, before
@@ -140,6 +140,34 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import json
+
+    from training.quantize import card_section, quantize_artifact, with_section
+
+    if args.calibration < 10:
+        raise ExportError(f"--calibration {args.calibration}: need at least 10 training images")
+    result = quantize_artifact(model_path=args.model, data=args.data, out=args.out, calibration=args.calibration,
+                               seed=args.seed, threads=args.threads)
+    section = card_section(result)
+    if args.card is not None:
+        card = args.card.read_text() if args.card.exists() else ""
+        args.card.write_text(with_section(card, section))
+    summary = {k: v for k, v in result.items() if k not in ("reference_scores", "method")}
+    print(json.dumps(summary, indent=1))
+    print(section)
+    return 0
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    from training.speed import compare
+
+    if args.batches < 2 or args.batch_size < 1:
+        raise DataError("--batches must be at least 2 (the first is a warm-up) and --batch-size at least 1")
+    print("\n".join(compare(args)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=fmt)
@@ -182,6 +210,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, default=None, help="metrics.json written by evaluate, to record")
     add_calibration_args(p)
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("quantize", help="add an INT8 graph (ONNX Runtime QDQ, calibrated on the training split) "
+                                        "to an artifact, refused when it escapes or false-rejects more than fp32",
+                       formatter_class=fmt)
+    p.add_argument("--model", type=Path, required=True, help="format-2 artifact to quantize")
+    p.add_argument("--data", type=Path, required=True,
+                   help="data root holding train/ (the model's split is recovered) and, for the card, test/")
+    p.add_argument("--out", type=Path, required=True, help="artifact to write (may be --model itself)")
+    p.add_argument("--calibration", type=int, default=300, help="training-split images to calibrate on")
+    p.add_argument("--seed", type=int, default=0, help="seed for the calibration sample and perturbations")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: one per core)")
+    p.add_argument("--card", type=Path, default=None, help="model card to write the INT8 section into")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("speed", help="CPU train-step images/s and numerics: fp32 vs channels_last vs bf16 "
+                                     "autocast on the same batches", formatter_class=fmt)
+    from training.speed import add_speed_args
+
+    add_speed_args(p)
+    p.set_defaults(func=cmd_speed)
     return parser
 
 

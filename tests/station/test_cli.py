@@ -209,9 +209,24 @@ reject: {actuator: {kind: log}}
     assert 0 < p50 <= p99 <= worst
     assert "0 of 30 parts outside the domain" in result.stdout, "rendered frames are inside the tiny model's domain"
     assert not (tmp_path / "var").exists(), "bench writes its log to a temporary folder"
-    assert "inference backend torch" in result.stdout
-    ort = station("bench", "-c", str(cfg), "-n", "10", "--repeats", "1", "--backend", "onnxruntime", cwd=tmp_path)
-    assert ort.returncode == 0 and "inference backend onnxruntime" in ort.stdout, ort.stderr
+    assert "(torch on cpu)" in result.stdout
+    # The bare model, timed in the same run, and the pipeline's overhead over it (ms and ratio).
+    bare = next(line for line in result.stdout.splitlines() if line.strip().startswith("back to back"))
+    b50, b99, bmax = (float(v) for v in bare.split()[-3:])
+    assert 0 < b50 <= b99 <= bmax
+    over = next(line for line in result.stdout.splitlines() if line.strip().startswith("inference (preprocess")
+                and "x)" in line)
+    pipe_p50 = float(next(line for line in result.stdout.splitlines()
+                          if line.startswith("inference (preprocess")).split()[-3])
+    assert float(over.split()[-4]) == pytest.approx(pipe_p50 - b50, abs=0.02), "overhead = pipeline - bare"
+    assert "validity gate cost: p50" in result.stdout and "0.5 ms p99 budget" in result.stdout
+    assert "queue overruns/timeouts: 0" in result.stdout
+    ort = station("bench", "-c", str(cfg), "-n", "10", "--repeats", "1", "--rate", "50", "--backend", "onnxruntime",
+                  "--max-batch", "1", cwd=tmp_path)
+    assert ort.returncode == 0 and "(onnxruntime on cpu)" in ort.stdout, ort.stderr
+    assert "at rate" in ort.stdout and "overhead over the bare model (at rate)" in ort.stdout
+    bad = station("bench", "-c", str(cfg), "-n", "5", "--precision", "int8", "--backend", "torch", cwd=tmp_path)
+    assert bad.returncode == 2 and "model.precision: int8 runs on onnxruntime" in bad.stderr, bad.stderr
 
 
 def test_demo_runs_with_simulated_plc(tmp_path):

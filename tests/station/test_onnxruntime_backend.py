@@ -78,14 +78,23 @@ def test_an_onnxruntime_failure_is_a_runtime_error_the_worker_turns_into_model_e
         clf.runner(np.zeros((1, 3, 8, 8), dtype=np.float32))  # wrong input size for the session
 
 
-def test_onnxruntime_on_cuda_is_a_config_error_naming_the_key(tmp_path):
+def test_int8_on_cuda_is_a_config_error_naming_the_key(tmp_path):
     make_tiny_model(tmp_path / "tiny.pt")
     path = write_config(tmp_path / "s.yaml", "camera: {kind: synthetic}\nmodel:\n  path: tiny.pt\n"
-                                             "  device: cuda\n  backend: onnxruntime\n")
+                                             "  backend: auto\n  device: cuda\n  precision: int8\n")
     with pytest.raises(ConfigError) as err:
         load_config(path)
     (issue,) = err.value.issues
-    assert issue.key == "model.backend" and issue.line == 5 and "runs on the CPU" in issue.message
+    assert issue.key == "model.precision" and issue.line == 6 and "CPU provider" in issue.message
+
+
+def test_onnxruntime_on_cuda_without_a_gpu_provider_is_refused_at_start(tmp_path):
+    """Without onnxruntime-gpu (this machine), `device: cuda` with onnxruntime is refused with the fix named."""
+    if "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers():
+        pytest.skip("this machine's onnxruntime has the CUDA provider: the refusal cannot happen here")
+    with pytest.raises(ModelArtifactError, match="onnxruntime-gpu"):
+        Classifier.from_file(make_tiny_model(tmp_path / "tiny.pt"), device="cuda", backend="onnxruntime",
+                             warmup_runs=0)
 
 
 @pytest.mark.slow
@@ -118,13 +127,3 @@ def test_shipped_model_gives_the_same_verdicts_and_gate_decisions_on_both_backen
     assert not flipped, f"verdicts differ between backends: {flipped}"
     assert not gate_differs, f"gate decisions differ between backends: {gate_differs}"
     assert worst < 1e-4 and worst_novelty < 1e-3, (worst, worst_novelty)
-
-
-def test_auto_backend_is_torch_on_cuda_else_onnxruntime():
-    from station.classifier import resolve_backend
-
-    assert resolve_backend("auto", "auto") == ("torch" if torch.cuda.is_available() else "onnxruntime")
-    assert resolve_backend("auto", "cpu") == "onnxruntime"
-    assert resolve_backend("torch", "cpu") == "torch"
-    with pytest.raises(ModelArtifactError, match="unknown inference backend"):
-        resolve_backend("tensorrt", "cpu")
