@@ -20,7 +20,7 @@ from support import make_tiny_model  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def no_thread_left_behind():
-    """Every test must stop every thread it started (DESIGN.md: no thread outlives the station)."""
+    """Every test must stop every thread it started (no thread outlives the station)."""
     before = set(threading.enumerate())
     yield
     deadline = time.monotonic() + 5.0
@@ -40,7 +40,7 @@ def tiny_model(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def sim_plc():
-    from station.actuators.sim_server import start_sim_server
+    from station.testbench.plc_sim import start_sim_server
 
     plc = start_sim_server("127.0.0.1", 0)
     yield plc

@@ -22,7 +22,7 @@ from station.cameras.pixels import check_declared_size, to_station_image
 from station.cameras.recorder import MANIFEST, read_manifest
 from station.config_cameras import ReplayCameraConfig
 
-log = logging.getLogger("station.camera.replay")
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm"}

@@ -114,7 +114,7 @@ hmi:
 
 @pytest.fixture(scope="module")
 def sim_plc_module():
-    from station.actuators.sim_server import start_sim_server
+    from station.testbench.plc_sim import start_sim_server
 
     plc = start_sim_server("127.0.0.1", 0)
     yield plc

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from support import REPO, make_tiny_model
 
-from station.cli_service import useradd_command
+from station.cli_install import useradd_command
 
 
 def station(*args: str, pythonpath: Path, cwd: Path) -> subprocess.CompletedProcess:

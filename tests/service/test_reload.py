@@ -11,7 +11,7 @@ import pytest
 from service_support import free_port, read_rows
 from support import make_tiny_model, own_pulse_rows, write_config
 
-from station.actuators.sim_server import start_sim_server
+from station.testbench.plc_sim import start_sim_server
 from station.app import Station
 from station.configfile import load_config
 from station.reload import ReloadError

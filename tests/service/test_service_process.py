@@ -20,7 +20,7 @@ import pytest
 from service_support import NotifyListener, StationProcess, count_rows, free_port, read_rows, wait_rows
 from support import make_tiny_model, own_pulse_rows, write_config
 
-from station.actuators.sim_server import start_sim_server
+from station.testbench.plc_sim import start_sim_server
 
 WATCHDOG_USEC = 1_000_000
 

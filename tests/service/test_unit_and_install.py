@@ -1,4 +1,4 @@
-"""The systemd unit (systemd-analyze verify, the directives the issue asks for, a comment for every line) and
+"""The systemd unit (systemd-analyze verify, its watchdog, restart and hardening directives, a comment for every line) and
 `station install` into a staging root: unit, config with absolute paths, verified model, nothing in --dry-run."""
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def test_unit_has_the_directives_the_plant_relies_on():
     assert allowed == {"char-video4linux", "char-ttyUSB", "char-ttyACM", "char-usb_device", "char-nvidia*"}
     assert float(one["TimeoutStopSec"]) >= 10 and one["RestartPreventExitStatus"] == "2"
     assert one["WantedBy"] == "multi-user.target"
-    # Hardening (issue 13): a system call allow list, /proc and mounts private, no realtime, no SysV IPC left.
+    # Hardening: a system call allow list, /proc and mounts private, no realtime, no SysV IPC left.
     assert values["SystemCallFilter"] == ["@system-service", "~@privileged"] and one["SystemCallErrorNumber"] == "EPERM"
     assert one["ProtectProc"] == "invisible" and one["PrivateMounts"] == "true"
     assert one["RestrictRealtime"] == "true" and one["RemoveIPC"] == "true"

@@ -45,7 +45,7 @@ def test_error_lines_are_rate_limited_per_kind_and_counted(caplog):
     clock = Clock()
     errors = RateLimitedLog(logging.getLogger("test.faults"), interval_s=10.0, clock=clock)
     with caplog.at_level(logging.ERROR, logger="test.faults"):
-        for _ in range(57):  # a second's worth of failures, as the issue measured
+        for _ in range(57):  # a second's worth of failures, as a full disk produces them
             errors.error("write", "write failed")
             clock.now += 1 / 57
         errors.error("open", "cannot open")
