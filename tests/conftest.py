@@ -1,7 +1,9 @@
 """Shared fixtures: thread-leak guard, tiny untrained model, the simulated PLC (pymodbus's own server).
 
 Helper functions live in tests/support.py, importable as `support` because this file puts tests/ on
-sys.path (pytest's conftest modules themselves are not importable by name across folders).
+sys.path (pytest's conftest modules themselves are not importable by name across folders). The test
+network `tinynet` (tests/tinynet.py) is registered here for the whole test process; subprocesses get it
+through tests/station_cli.py (`support.STATION_CLI`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import tinynet  # noqa: E402
 from support import make_tiny_model  # noqa: E402
+
+tinynet.register()
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import REPO, make_tiny_model, require_component
+from support import REPO, STATION_CLI, make_tiny_model, require_component
 
 from station.configfile import load_config
 
@@ -127,7 +127,7 @@ def test_hmi_unit_is_hardened_and_ranks_below_the_station():
 
 # ---- station install -------------------------------------------------------------------------------------
 def install(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "station.cli", "install", *args], capture_output=True, text=True,
+    return subprocess.run([*STATION_CLI, "install", *args], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
