@@ -37,7 +37,7 @@ from station.artifact_integrity import (
     ReferenceMismatch, SealError, compare_references, has_seal, reference_images, score_references, seal, tensor_digest,
     text_digest, verify_seal,
 )
-from station.network import SUPPORTED_ARCHITECTURES, TinyNet, UnknownArchitecture, WithFeatures
+from station.network import UnknownArchitecture, WithFeatures, supported_architectures
 from station.network import build_model as _build_network
 from station.preprocess import Preprocess
 from station.validity import ValidityDomain, ValidityError
@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 
 ARTIFACT_FORMAT = "impeller-artifact/2"
 LEGACY_FORMAT = "impeller-artifact/1"
-__all__ = ["ARTIFACT_FORMAT", "LEGACY_FORMAT", "SUPPORTED_ARCHITECTURES", "TinyNet", "ArtifactMetadata",
-           "LoadedArtifact", "ModelArtifactError", "build_model", "save_artifact", "load_artifact", "file_sha256"]
+__all__ = ["ARTIFACT_FORMAT", "LEGACY_FORMAT", "ArtifactMetadata", "LoadedArtifact", "ModelArtifactError",
+           "build_model", "save_artifact", "load_artifact", "file_sha256"]
 
 
 class ModelArtifactError(RuntimeError):
@@ -95,9 +95,9 @@ class ArtifactMetadata:
             threshold = float(data.get("recommended_threshold", 0.5))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelArtifactError(f"model metadata is incomplete or invalid: {exc}") from exc
-        if arch not in SUPPORTED_ARCHITECTURES:
+        if arch not in supported_architectures():
             raise ModelArtifactError(
-                f"model architecture {arch!r} is not supported (expected one of {SUPPORTED_ARCHITECTURES})")
+                f"model architecture {arch!r} is not supported (expected one of {supported_architectures()})")
         if len(names) != 2 or defective not in names:
             raise ModelArtifactError(
                 f"model classes {list(names)} must be two names including the defective class {defective!r}")

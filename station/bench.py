@@ -63,7 +63,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         "keeps the YAML's reject delay so pulse lateness is the real figure")
     from station.cli_bench_actuator import add_actuator_bench_arguments
 
-    add_actuator_bench_arguments(p, required=False)  # --actuator KIND: pulse timing of one actuator instead
+    add_actuator_bench_arguments(p)  # --actuator KIND: pulse timing of one actuator instead
     return p
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from typing import Callable
 
@@ -19,17 +18,20 @@ from station.cameras.base import Camera, CameraError, CameraLost, EndOfStream, G
 from station.decision import DecisionMaker
 from station.preprocess import FrameFormatError, check_image
 from station.records import Frame, Reason
+from station.stage import Stage
 
-log = logging.getLogger("station.capture")
+log = logging.getLogger(__name__)
 
 AlarmHook = Callable[[str, str | None], None]
 
 
-class CaptureThread(threading.Thread):
+class CaptureThread(Stage):
+    busy_doing = "waiting for the camera"
+
     def __init__(self, camera: Camera, frames: queue.Queue, decision: DecisionMaker, *, first_seq: int,
                  on_alarm: AlarmHook, expected_size: tuple[int | None, int | None] = (None, None),
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 10.0) -> None:
-        super().__init__(name="capture", daemon=True)
+        super().__init__("capture")
         self.camera = camera
         self.frames = frames
         self.decision = decision
@@ -37,21 +39,27 @@ class CaptureThread(threading.Thread):
         self.on_alarm = on_alarm
         self.expected_w, self.expected_h = expected_size
         self.backoff = Backoff(reconnect_min_s, reconnect_max_s)
-        self.stop_event = threading.Event()
-        self.finished = threading.Event()  # a finite source is exhausted
-        self.last_beat_ns = time.monotonic_ns()
         self.is_open = False
         self.captured = 0
         self.overruns = 0
         self.bad_frames = 0
         self.reconnects = 0
 
-    def stop(self) -> None:
-        self.stop_event.set()
+    def update_frame_size(self, *, width_px: int | None, height_px: int | None) -> None:
+        """The frame size check from the next frame on (live reload); None: that side is not checked."""
+        self.expected_w, self.expected_h = width_px, height_px
+
+    def adopt(self, old: Stage) -> None:
+        """Numbering goes on where the dead thread stopped (seq stays unique), and so do the counters."""
+        assert isinstance(old, CaptureThread)
+        self.next_seq = old.next_seq
+        self.captured, self.overruns, self.bad_frames, self.reconnects = (
+            old.captured, old.overruns, old.bad_frames, old.reconnects)
 
     def open_camera(self) -> bool:
         try:
-            self.camera.open()
+            with self.busy():
+                self.camera.open()
         except CameraError as exc:
             delay = self.backoff.failed()
             self.on_alarm("camera", f"{self.camera.describe()}: {exc} (retry in {delay:.1f} s)")
@@ -64,38 +72,37 @@ class CaptureThread(threading.Thread):
         self.on_alarm("camera", None)
         return True
 
-    def run(self) -> None:
+    def step(self) -> bool:
+        if self.stop_event.is_set():
+            return False
+        if not self.is_open:
+            if not (self.backoff.ready() and self.open_camera()):
+                self.stop_event.wait(0.1)
+            return True
+        if self.camera.paced_by_pipeline and self.frames.full():
+            time.sleep(0.001)  # replay as fast as possible: wait for the pipeline, not overrun
+            return True
         try:
-            while not self.stop_event.is_set():
-                self.last_beat_ns = time.monotonic_ns()
-                if not self.is_open:
-                    if self.backoff.ready() and self.open_camera():
-                        continue
-                    self.stop_event.wait(0.1)
-                    continue
-                if self.camera.paced_by_pipeline and self.frames.full():
-                    time.sleep(0.001)  # replay as fast as possible: wait for the pipeline, not overrun
-                    continue
-                try:
-                    grab = self.camera.grab(timeout_s=0.5)
-                except EndOfStream:
-                    log.info("camera %s: end of stream after %d parts", self.camera.describe(), self.captured)
-                    self.finished.set()
-                    return
-                except CameraLost as exc:
-                    self._lost(exc)
-                    continue
-                if grab is not None:
-                    self.take(grab)
-        finally:
-            # A software trigger still waiting for its frame is a part too: it gets its row.
-            finish = getattr(self.camera, "finish_pending", None)
-            if self.is_open and finish is not None:
-                pending = finish()
-                if pending is not None:
-                    self.take(pending)
-            self.camera.close()
-            self.is_open = False
+            with self.busy():
+                grab = self.camera.grab(timeout_s=0.5)
+        except EndOfStream:
+            log.info("camera %s: end of stream after %d parts", self.camera.describe(), self.captured)
+            return self.finish()
+        except CameraLost as exc:
+            self._lost(exc)
+            return True
+        if grab is not None:
+            self.take(grab)
+        return True
+
+    def cleanup(self) -> None:
+        # A software trigger still waiting for its frame is a part too: it gets its row.
+        if self.is_open:
+            pending = self.camera.finish_pending()
+            if pending is not None:
+                self.take(pending)
+        self.camera.close()
+        self.is_open = False
 
     def _lost(self, exc: CameraError) -> None:
         self.reconnects += 1

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import logging
 import queue
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +39,9 @@ from station.ort_backend import OnnxRuntimeRunner, onnx_bytes, verify_against_to
 from station.preprocess import FrameFormatError
 from station.records import Frame, GateResult, Prediction, Reason
 from station.runtime_select import CPU_PROVIDER, Runtime, available_ort_providers, cuda_available, resolve_runtime
+from station.stage import IDLE_WAIT_S, STOP, Stage
 
 log = logging.getLogger(__name__)
-
-STOP = object()  # sentinel put on the frame queue by stop()
 
 
 def resolve_backend(backend: str, device: str) -> str:
@@ -243,21 +241,20 @@ class Classifier:
         return self.assess(image).p_defect
 
 
-class InferenceWorker(threading.Thread):
+class InferenceWorker(Stage):
     """Scores frames from `frames`, checks them against the validity gate and calls
     `on_prediction(frame, prediction)` for each one."""
+
+    busy_doing = "scoring one frame"
 
     def __init__(self, frames: queue.Queue, classifier: Classifier,
                  on_prediction: Callable[[Frame, Prediction], None], *, gate: Gate | None = None,
                  name: str = "inference", deadline_ns: Callable[[Frame], int] | None = None) -> None:
-        super().__init__(name=name, daemon=True)
+        super().__init__(name, inbox=frames)
         self.frames = frames
         # Classifier and gate are swapped together (model reload): one tuple, read once per frame.
         self._scoring: tuple[Classifier, Gate | None] = (classifier, gate)
         self.on_prediction = on_prediction
-        self.stop_event = threading.Event()
-        self.last_beat_ns = time.monotonic_ns()
-        self.busy_since_ns: int | None = None
         self.scored = 0
         self.errors = 0
         # Micro-batching (station.microbatch): a part's deadline bounds the batch it may join; without it,
@@ -278,28 +275,24 @@ class InferenceWorker(threading.Thread):
         """Score from the next frame on with this classifier and gate (a live reload)."""
         self._scoring = (classifier, gate)
 
-    def stop(self) -> None:
-        self.stop_event.set()
-        try:
-            self.frames.put_nowait(STOP)
-        except queue.Full:
-            pass  # the loop still sees stop_event within its get() timeout
+    def adopt(self, old: Stage) -> None:
+        """Score with the dead worker's classifier and gate and go on counting. The part it was scoring is
+        still pending: the deadline watch gives it its fail-safe verdict."""
+        assert isinstance(old, InferenceWorker)
+        self._scoring = old._scoring
+        self.scored, self.errors = old.scored, old.errors
+        self.batches, self.batched_frames = old.batches, old.batched_frames
 
-    def run(self) -> None:
-        while True:
-            self.last_beat_ns = time.monotonic_ns()
-            try:
-                item = self.frames.get(timeout=0.2)
-            except queue.Empty:
-                if self.stop_event.is_set():
-                    return
-                continue
-            if item is STOP:
-                # Drain what is still queued so every captured part is scored before we exit.
-                if self.frames.empty():
-                    return
-                continue
-            self.score(item)
+    def step(self) -> bool:
+        try:
+            item = self.frames.get(timeout=IDLE_WAIT_S)
+        except queue.Empty:
+            return not self.stop_event.is_set()
+        if item is STOP:
+            # Drain what is still queued so every captured part is scored before the thread ends.
+            return not self.frames.empty()
+        self.score(item)
+        return True
 
     def score(self, frame: Frame) -> None:
         """Score `frame`, together with the frames already queued behind it that fit its batch."""

@@ -1,8 +1,7 @@
 """The `station` command: parses arguments and hands each sub-command to the module that holds it.
 
-Sub-commands: run, replay, demo, check-config, trace export, bench, config-reference, hmi, users,
-review export (and the camera, service and install commands registered from their own modules). Every
-command returns a process exit code:
+Sub-commands: run, replay, demo, check-config, trace export, bench, cameras, record, hmi, users,
+review export, config-reference and install. Every command returns a process exit code:
 0 success, 1 the run found a problem (e.g. escapes in a labelled replay with --strict), 2 bad input
 (config, model, path). A command whose reader closes the pipe (`station trace export | head`) ends
 quietly with 141 (128 + SIGPIPE), as Unix tools do. Command modules keep heavy imports (torch, the
@@ -33,9 +32,7 @@ COMMANDS = [
     ("station.cli_hmi", "add_users_parser", "run_users"),
     ("station.cli_hmi", "add_review_parser", "run_review"),
     ("station.cli_reference", "add_reference_parser", "run_reference"),
-]
-OPTIONAL_COMMANDS = [
-    ("station.cli_service", "add_install_parser", "run_install"),
+    ("station.cli_install", "add_install_parser", "run_install"),
 ]
 
 
@@ -44,13 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name, adder, runner in COMMANDS + OPTIONAL_COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # that command's module is not part of this build
-            raise
+    for module_name, adder, runner in COMMANDS:
+        module = importlib.import_module(module_name)
         p = getattr(module, adder)(sub)
         p.set_defaults(handler=getattr(module, runner))
     return parser

@@ -1,28 +1,26 @@
-"""`station bench-actuator` (or `station bench --actuator KIND`): pulse timing of one reject actuator.
+"""`station bench --actuator KIND`: pulse timing of one reject actuator (the arguments and the runner).
 
 Fires N pulses at a fixed period through the real actuator module and prints lateness p50/p99/max on the
 host side and, with `--simulate`, what the simulated device saw (on-edge lateness, pulse width).
-The actuator comes from a station YAML (`-c`: its reject.actuator, or alarm.actuator with --output alarm)
-or is the KIND's default config. See station.actuators.timing_bench.
+The actuator comes from a station YAML (`--actuator-config`: its reject.actuator, or alarm.actuator with
+--output alarm) or is the KIND's default config. The measuring is `station.testbench.pulse_bench`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 
 from pydantic import TypeAdapter, ValidationError
 
 from station.config_actuators import ActuatorConfig
 
-log = logging.getLogger("station.bench")
-
 KINDS = ("modbus_tcp", "modbus_rtu", "plc_handshake", "serial_relay", "log")
 
 
-def add_actuator_bench_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    parser.add_argument("--actuator", choices=KINDS, required=required, help="actuator kind to benchmark")
+def add_actuator_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """`station bench`'s actuator options: with --actuator KIND it times that actuator instead of the pipeline."""
+    parser.add_argument("--actuator", choices=KINDS, help="actuator kind to benchmark (instead of the pipeline)")
     parser.add_argument("--actuator-config", metavar="FILE", dest="actuator_config_file",
                         help="station YAML whose reject.actuator (or alarm.actuator) is benchmarked")
     parser.add_argument("--output", choices=("reject", "alarm"), default="reject",
@@ -34,13 +32,6 @@ def add_actuator_bench_arguments(parser: argparse.ArgumentParser, *, required: b
     parser.add_argument("--pulse-ms", type=float, default=10.0, help="pulse width, ms")
     parser.add_argument("--gap-ms", type=float, default=25.0, help="period between pulse starts, ms")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def add_bench_actuator_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("bench-actuator", help="pulse timing benchmark of one reject actuator",
-                       description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_actuator_bench_arguments(p)
-    return p
 
 
 def _actuator_config(args: argparse.Namespace) -> object:
@@ -65,7 +56,7 @@ def _actuator_config(args: argparse.Namespace) -> object:
 def run_bench_actuator(args: argparse.Namespace) -> int:
     # Imported here: `station bench` adds these arguments to its parser, which must stay light.
     from station.actuators.base import ActuatorError
-    from station.actuators.timing_bench import format_result, run_pulse_bench
+    from station.testbench.pulse_bench import format_result, run_pulse_bench
 
     try:
         config = _actuator_config(args)
@@ -80,7 +71,3 @@ def run_bench_actuator(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0 if result["failures"] == 0 else 1
 
-
-# The names the lead asked for.
-add_parser = add_bench_actuator_parser
-run = run_bench_actuator

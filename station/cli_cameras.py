@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("station.cli.cameras")
+log = logging.getLogger(__name__)
 
 
 def add_cameras_parser(subparsers: Any) -> argparse.ArgumentParser:

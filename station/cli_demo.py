@@ -57,7 +57,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from station.actuators.sim_server import start_sim_server
+    from station.testbench.plc_sim import start_sim_server
     from station.app import Station
     from station.cameras.replay import ReplayCamera
     from station.cli import setup_logging

@@ -6,8 +6,8 @@ alarms, counters, the last part, latency percentiles, camera / PLC / model / tra
 `{"op": "ack", "alarm": NAME, "user": U}` (recorded as an event with the user) and
 `{"op": "reload", "user": U, "changes": [{"key", "old", "new"}]}` (re-read the YAML and apply it
 through the same all-or-nothing path as SIGHUP; the user and the old and new values go into the
-events table). The thread is shaped like the other stages: a stop event, a `last_beat_ns`
-heartbeat, every wait bounded so stop is honoured within a fraction of a second. It never touches
+events table). The thread is a `station.stage.Stage`: every wait bounded so stop is honoured within
+a fraction of a second, busy while it answers a request (a reload loads a model). It never touches
 the hot path: status reads counters under their own short locks and percentiles over the last
 1000 parts only. A socket path already served by a live station is left alone (an error, retried),
 a stale one is replaced.
@@ -21,10 +21,11 @@ import os
 import selectors
 import socket
 import stat
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from station.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,16 @@ AckHandler = Callable[[str, str], dict[str, Any]]
 ReloadHandler = Callable[[str, list[dict[str, Any]]], dict[str, Any]]
 
 
-class ControlServer(threading.Thread):
+class ControlServer(Stage):
+    busy_doing = "answering a request"
+
     def __init__(self, path: Path, *, status: StatusSource, acknowledge: AckHandler,
                  reload: ReloadHandler) -> None:
-        super().__init__(name="control", daemon=True)
+        super().__init__("control")
         self.path = Path(path)
         self.status = status
         self.acknowledge = acknowledge
         self.reload = reload
-        self.stop_event = threading.Event()
-        self.last_beat_ns = time.monotonic_ns()
         self.requests = 0
         self.errors = 0
         self.listening = False
@@ -61,25 +62,23 @@ class ControlServer(threading.Thread):
         self._selector = selectors.DefaultSelector()
         self._buffers: dict[socket.socket, bytearray] = {}
 
-    def stop(self) -> None:
-        self.stop_event.set()
+    def step(self) -> bool:
+        if self.stop_event.is_set():
+            return False
+        if self._listener is None:
+            if time.monotonic() >= self._next_bind:
+                self._try_bind()
+            self.stop_event.wait(_TICK_S)
+            return True
+        for key, _events in self._selector.select(timeout=_TICK_S):
+            if key.data == "listen":
+                self._accept()
+            else:
+                self._read(key.fileobj)  # type: ignore[arg-type]
+        return True
 
-    def run(self) -> None:
-        try:
-            while not self.stop_event.is_set():
-                self.last_beat_ns = time.monotonic_ns()
-                if self._listener is None:
-                    if time.monotonic() >= self._next_bind:
-                        self._try_bind()
-                    self.stop_event.wait(_TICK_S)
-                    continue
-                for key, _events in self._selector.select(timeout=_TICK_S):
-                    if key.data == "listen":
-                        self._accept()
-                    else:
-                        self._read(key.fileobj)  # type: ignore[arg-type]
-        finally:
-            self._close_all()
+    def cleanup(self) -> None:
+        self._close_all()
 
     # ---- listening socket --------------------------------------------------------------------------
     def _try_bind(self) -> None:
@@ -176,7 +175,9 @@ class ControlServer(threading.Thread):
         while b"\n" in buf:
             line, _, rest = bytes(buf).partition(b"\n")
             buf[:] = rest
-            if not self._reply(conn, self.handle_line(line)):
+            with self.busy():
+                answer = self.handle_line(line)
+            if not self._reply(conn, answer):
                 return
         if len(buf) > MAX_LINE_BYTES:
             self.errors += 1

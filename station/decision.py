@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from station.records import Decision, Frame, Prediction, Reason, Verdict
+from station.stage import IDLE_WAIT_S, Stage
 
-log = logging.getLogger("station.decision")
+log = logging.getLogger(__name__)
 
 VerdictSink = Callable[[Verdict, Frame], None]
 LateSink = Callable[[Prediction], None]
@@ -171,20 +172,16 @@ class DecisionMaker:
         self._on_verdict(verdict, frame)
 
 
-class DeadlineWatch(threading.Thread):
+class DeadlineWatch(Stage):
     """Issues `timeout` verdicts even when the inference worker hangs."""
 
     def __init__(self, decision: DecisionMaker) -> None:
-        super().__init__(name="deadline-watch", daemon=True)
+        super().__init__("deadline-watch")
         self.decision = decision
-        self.stop_event = threading.Event()
-        self.last_beat_ns = time.monotonic_ns()
 
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            self.last_beat_ns = time.monotonic_ns()
-            self.decision.wait_next_deadline(0.2)
-            self.decision.expire()
+    def step(self) -> bool:
+        if self.stop_event.is_set():
+            return False
+        self.decision.wait_next_deadline(IDLE_WAIT_S)
+        self.decision.expire()
+        return True

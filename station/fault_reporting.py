@@ -33,6 +33,11 @@ class LatchedAlarm:
         self.cleared_count = 0
         self._fine_since: float | None = None
 
+    def update_clear_after(self, clear_after_s: float) -> None:
+        """A new quiet period before the alarm clears (live reload); an alarm already quiet counts from
+        when it became fine."""
+        self.clear_after_s = clear_after_s
+
     def update(self, problem: str | None) -> None:
         """Report the current state: a problem (raise, or refresh the message) or None (all fine now)."""
         if problem is not None:

@@ -26,13 +26,16 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from station.artifact import ModelArtifactError
 from station.config_gate import GateAlarm, GateDrift, GateLimits
 from station.image_checks import ALL_MEASURES
 from station.records import Decision, GateResult, Verdict
 from station.validity import LIMIT_SIDES, Limits, ValidityDomain, failed_checks
+
+if TYPE_CHECKING:
+    from station.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,20 @@ class Gate:
         failed = failed_checks(self.limits, measures)
         return GateResult(measures=measures, failed=failed, limits=self.limits,
                           gate_ms=spent_ms + (time.perf_counter_ns() - t0) / 1e6)
+
+
+def start_warnings(classifier: Classifier, gate: Gate | None) -> list[str]:
+    """What an operator must hear at every start (and reload) about the gate: off, uncalibrated or widened."""
+    domain = classifier.domain
+    if domain is None:
+        return [f"VALIDITY GATE OFF: {classifier.artifact.legacy_warning()}"]
+    out = []
+    if not domain.calibrated:
+        out.append(f"validity gate of {classifier.model_id} is NOT calibrated by perturbation "
+                   f"({domain.method.get('limits', 'limits from the spread of its fit images')})")
+    if gate is not None:
+        out += [f"{w}: frames beyond the model's validated domain reach the model" for w in gate.widened]
+    return out
 
 
 class _Rolling:

@@ -18,7 +18,7 @@ import numpy as np
 
 from station.records import MERGED_NOTE, ActuationReport, ActuatorResult, Decision, Reason, Verdict
 
-log = logging.getLogger("station.health")
+log = logging.getLogger(__name__)
 
 
 class Health:

@@ -50,8 +50,7 @@ class LiveState:
         self._alarm_since: dict[str, float] = {}
         self._acks: dict[str, tuple[str, float]] = {}  # alarm -> (user, wall time)
         self._reload_lock = threading.Lock()
-        # The service routes HMI reloads through its own reload (systemd RELOADING=1 ... READY=1).
-        self.reload_hook: ReloadHook | None = None
+        self._reload_hook: ReloadHook | None = None
 
     # ---- from the stages (cheap) -------------------------------------------------------------------
     def on_verdict(self, verdict: Verdict) -> None:
@@ -80,9 +79,14 @@ class LiveState:
         self.station.record_event("INFO", "alarm_ack", f"{alarm} acknowledged by {user}: {active[alarm]}")
         return {"ok": True}
 
+    def route_reloads(self, hook: ReloadHook) -> None:
+        """Hand the HMI's reload requests to `hook` (the service's reload, which tells systemd RELOADING=1 ...
+        READY=1 and updates the supervisor); without one they go straight to `reload_in_station`."""
+        self._reload_hook = hook
+
     def reload(self, user: str, changes: list[dict[str, Any]]) -> dict[str, Any]:
-        if self.reload_hook is not None:
-            return self.reload_hook(user, changes)
+        if self._reload_hook is not None:
+            return self._reload_hook(user, changes)
         return self.reload_in_station(user, changes)
 
     def reload_in_station(self, user: str, changes: list[dict[str, Any]]) -> dict[str, Any]:

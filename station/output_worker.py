@@ -11,8 +11,8 @@ lamp is driven to the wanted state until the device confirms it. While something
 that is down gets a reconnect attempt every `reconnect_busy_ms`; with nothing waiting, the doubling
 backoff applies. Every part gets exactly one `ActuationReport`. The reject output's worker raises
 `reject_actuator` (a command failed), `reject_output_stuck` (an off that could not be confirmed) and
-`plc_slow` (`station.reply_monitor`). The thread is shaped like the other stages: `stop()`, a
-`last_beat_ns` heartbeat, `busy_since_ns` while blocked in I/O, `adopt()` for the supervisor.
+`plc_slow` (`station.reply_monitor`). The thread is a `station.stage.Stage`: busy while it waits
+for the device, `adopt()` for the supervisor's restart.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from station.actuators.base import Actuator, ActuatorError, ActuatorNotConnected
 from station.pulse_book import OFF, ON, PartDue, PulseBook, describe_error
 from station.records import ActuationReport, ActuatorResult, Verdict
 from station.reply_monitor import SlowReplyMonitor
+from station.stage import IDLE_WAIT_S, Stage
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ ReportSink = Callable[[ActuationReport], None]
 AlarmHook = Callable[[str, str | None], None]
 
 _SPIN_NS = 2_000_000   # Condition.wait overshoots by up to a millisecond: spin the last 2 ms of an off
-_IDLE_WAIT_S = 0.2     # heartbeat period while nothing is due
 
 
 @dataclass(frozen=True)
@@ -45,20 +45,19 @@ class VerdictCommand:
     deadline_ns: int  # the part reaches the ejector: later, the PLC can no longer act on it
 
 
-class OutputWorker(threading.Thread):
+class OutputWorker(Stage):
+    busy_doing = "waiting for its device"
+
     def __init__(self, actuator: Actuator, *, role: str, pulse_ms: float, late_tolerance_ms: float,
                  plc_slow_clear_after: int, on_report: ReportSink, on_alarm: AlarmHook,
                  opened: bool = False) -> None:
-        super().__init__(name=f"{role}-output", daemon=True)
+        super().__init__(f"{role}-output")
         self.actuator = actuator
         self.role = role
         self.fail_alarm = "reject_actuator" if role == "reject" else "alarm_output"
         self.on_report = on_report
         self.on_alarm = on_alarm
-        self.stop_event = threading.Event()
         self.opened = threading.Event()  # the first open attempt is over (whatever its outcome)
-        self.last_beat_ns = time.monotonic_ns()
-        self.busy_since_ns: int | None = None
         tolerance_ns = int(late_tolerance_ms * 1e6)
         self.book = PulseBook(pulse_ns=int(pulse_ms * 1e6), tolerance_ns=tolerance_ns)
         self.slow = SlowReplyMonitor(tolerance_ns=tolerance_ns, clear_after=plc_slow_clear_after,
@@ -105,7 +104,7 @@ class OutputWorker(threading.Thread):
     def update_timing(self, *, pulse_ms: float, late_tolerance_ms: float, plc_slow_clear_after: int) -> None:
         """Applies from the next command on (SIGHUP reload)."""
         with self._cond:
-            self.book.pulse_ns, self.book.tolerance_ns = int(pulse_ms * 1e6), int(late_tolerance_ms * 1e6)
+            self.book.update_timing(pulse_ns=int(pulse_ms * 1e6), tolerance_ns=int(late_tolerance_ms * 1e6))
             if self.slow is not None:
                 self.slow.update(tolerance_ns=self.book.tolerance_ns, clear_after=plc_slow_clear_after)
 
@@ -135,13 +134,13 @@ class OutputWorker(threading.Thread):
             time.sleep(0.01)
         return self.pending == 0
 
-    def stop(self) -> None:
-        self.stop_event.set()
+    def wake(self) -> None:
         with self._cond:
             self._cond.notify()
 
-    def adopt(self, old: OutputWorker) -> None:
+    def adopt(self, old: Stage) -> None:
         """Take over the commands and state of a worker whose thread died, before start()."""
+        assert isinstance(old, OutputWorker)
         with old._cond:
             self.book, self._verdicts = old.book, old._verdicts
             self._level_wanted, self.failures = old._level_wanted, old.failures
@@ -149,8 +148,7 @@ class OutputWorker(threading.Thread):
             if old.slow is not None:
                 self.slow = old.slow
             if old._in_flight:  # it died inside an on: nobody knows what the device did
-                self.book.waiting[:0] = old._in_flight
-                self.book.state, self.book.off_at_ns = None, None
+                self.book.state_unknown(requeue=old._in_flight)
                 old._in_flight = []
             if old._verdict_in_flight is not None:
                 self._verdicts.appendleft(old._verdict_in_flight)
@@ -159,24 +157,23 @@ class OutputWorker(threading.Thread):
         self.opened.set()
 
     # ---- the worker thread ------------------------------------------------------------------------------
-    def run(self) -> None:
-        while True:
-            self.last_beat_ns = time.monotonic_ns()
-            reports: list[ActuationReport] = []
-            with self._cond:
-                if self.stop_event.is_set():
-                    reports = self._abandon()
-                    step = None
-                else:
-                    step, wake_ns = self._next_step(time.monotonic_ns(), reports)
-                    if step is None and not reports:
-                        self._wait(wake_ns)
-                        continue
-            self._emit(reports)
-            if self.stop_event.is_set() and step is None:
-                return
-            if step is not None:
-                self._run_step(*step)
+    def step(self) -> bool:
+        reports: list[ActuationReport] = []
+        with self._cond:
+            if self.stop_event.is_set():
+                reports = self._abandon()
+                command = None
+            else:
+                command, wake_ns = self._next_command(time.monotonic_ns(), reports)
+                if command is None and not reports:
+                    self._wait(wake_ns)
+                    return True
+        self._emit(reports)
+        if self.stop_event.is_set() and command is None:
+            return False
+        if command is not None:
+            self._send(*command)
+        return True
 
     def _wait(self, wake_ns: int | None) -> None:
         """Called holding the condition: sleep until woken, `wake_ns`, or the heartbeat period."""
@@ -189,10 +186,10 @@ class OutputWorker(threading.Thread):
             finally:
                 self._cond.acquire()
             return
-        timeout_s = _IDLE_WAIT_S if wake_ns is None else min(_IDLE_WAIT_S, (wake_ns - now - _SPIN_NS) / 1e9)
+        timeout_s = IDLE_WAIT_S if wake_ns is None else min(IDLE_WAIT_S, (wake_ns - now - _SPIN_NS) / 1e9)
         self._cond.wait(timeout_s)
 
-    def _next_step(self, now: int, reports: list[ActuationReport]) -> tuple[tuple | None, int | None]:
+    def _next_command(self, now: int, reports: list[ActuationReport]) -> tuple[tuple | None, int | None]:
         """The next command to send, or (None, when to look again). Called holding the condition."""
         if self._open_needed:
             return ("open",), None
@@ -227,10 +224,10 @@ class OutputWorker(threading.Thread):
         backoff_ns = int(self.actuator.link_wait_s(busy=busy) * 1e9)
         return max(0, backoff_ns, self._retry_at_ns - now)
 
-    def _run_step(self, kind: str, arg: object = None) -> None:
-        self.busy_since_ns = sent = time.monotonic_ns()
+    def _send(self, kind: str, arg: object = None) -> None:
+        sent = time.monotonic_ns()
         try:
-            with self.actuator.lock:
+            with self.busy(), self.actuator.lock:
                 if kind == "open":
                     self.actuator.open_safe()
                 elif kind == "ready":
@@ -243,10 +240,8 @@ class OutputWorker(threading.Thread):
                 else:
                     self.actuator.set_output(kind == "on")
         except ActuatorError as exc:
-            self.busy_since_ns = None
             self._failed(kind, arg, exc, sent_ns=sent)
         else:
-            self.busy_since_ns = None
             self._succeeded(kind, arg, sent_ns=sent, ack_ns=time.monotonic_ns())
 
     def _succeeded(self, kind: str, arg: object, *, sent_ns: int, ack_ns: int) -> None:
@@ -290,7 +285,7 @@ class OutputWorker(threading.Thread):
                 self._open_needed = False
                 self._level_state = None
                 if self._pulsed:
-                    self.book.state = None
+                    self.book.state_unknown()
                 self.opened.set()
             elif kind == "on":
                 reports = self.book.on_failed(self._in_flight, exc, sent_ns=sent_ns, now_ns=now)

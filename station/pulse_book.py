@@ -57,6 +57,17 @@ class PulseBook:
         self.pulses = 0
         self.merged = 0
 
+    def update_timing(self, *, pulse_ns: int, tolerance_ns: int) -> None:
+        """Pulse width and lateness tolerance from the next command on (live reload)."""
+        self.pulse_ns, self.tolerance_ns = pulse_ns, tolerance_ns
+
+    def state_unknown(self, *, requeue: list[PartDue] | None = None) -> None:
+        """Nobody knows what the device did (its open failed, or a worker died inside a command): the next
+        command is an off, at once; the parts an unconfirmed on was for wait again at the front."""
+        self.state, self.on_since_ns, self.off_at_ns = None, None, None
+        if requeue:
+            self.waiting[:0] = requeue
+
     # ---- what to do next ------------------------------------------------------------------------------
     @property
     def pending(self) -> int:

@@ -3,11 +3,14 @@
 Live: decision threshold/deadline/fail-safe, reject delay/pulse, actuator settings of the same kind
 (a new actuator is opened, swapped under the scheduler, the old one closed with its output off),
 the model file (the new one is loaded and verified before it replaces the old, with its own validity
-gate), the `gate:` limits, alarm and drift settings, the image policy, the frame size check and the
-log level. Only a restart can change the camera, the queue size, the trace-log folder and its spill
-reserve, the station id and an actuator's kind: those are reported as "needs restart" and
-left as they run. Everything that can fail is done before anything is applied, so a reload that
-fails raises `ReloadError` and leaves the station exactly as it was.
+gate), the `gate:` limits, alarm and drift settings, the image policy, the frame size check, the
+summary interval and the log level. Only a restart can change the camera, the queue size, the
+trace-log folder and its spill reserve, the station id and an actuator's kind: those are reported as
+"needs restart" and left as they run. Everything that can fail is done before anything is applied, so
+a reload that fails raises `ReloadError` and leaves the station exactly as it was. Each setting is
+applied through a public method of the stage or component that holds it (`DecisionMaker.update_settings`,
+`RejectScheduler.update_timing`, `TraceLog.update_settings`, `CaptureThread.update_frame_size`, ...);
+nothing here writes into another object's state.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ from station.classifier import Classifier
 from station.config import StationConfig
 from station.configfile import LoadedConfig
 from station.decision import DecisionSettings
-from station.gate import Gate, GateConfigError
+from station.gate import Gate, GateConfigError, start_warnings
 
 if TYPE_CHECKING:
     from station.app import Station
 
-log = logging.getLogger("station.reload")
+log = logging.getLogger(__name__)
 
 
 class ReloadError(RuntimeError):
@@ -80,8 +83,9 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
     if not station.started or station.stopped:
         raise ReloadError("the station is not running")
     old = station.config
-    assert station.decision and station.scheduler and station.tracelog and station.classifier
-    assert station.reject_actuator is not None and station.capture is not None and station.worker is not None
+    decision, scheduler, tracelog, capture = station.decision, station.scheduler, station.tracelog, station.capture
+    housekeeping = station.housekeeping
+    assert decision and scheduler and tracelog and capture and housekeeping and station.classifier
     result = ReloadResult(needs_restart=restart_only_changes(old, loaded.config))
     new = effective_config(old, loaded.config, result.needs_restart)
 
@@ -115,23 +119,23 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
             own = len(new.gate.limits.overrides())
             result.applied.append("validity gate " + ("OFF (format-1 model)" if gate is None
                                                       else f"limits ({own} set by the station)"))
-        for warning in station.gate_warnings(scoring, gate):
+        for warning in start_warnings(scoring, gate):
             log.warning("%s", warning)
             station.record_event("WARNING", "gate", warning)
     threshold = new.decision.threshold if new.decision.threshold is not None \
         else station.classifier.recommended_threshold
     settings = DecisionSettings(threshold=threshold, deadline_ms=new.decision.deadline_ms,
                                 fail_safe=new.decision.fail_safe)
-    if settings != station.decision.settings:
-        station.decision.update_settings(settings)
+    if settings != decision.settings:
+        decision.update_settings(settings)
         result.applied.append(f"decision (threshold {threshold:g}, deadline {settings.deadline_ms:g} ms, "
                               f"fail_safe {settings.fail_safe})")
     r = new.reject
     timing = (r.delay_ms, r.pulse_ms, r.late_tolerance_ms, r.plc_slow_clear_after)
     if timing != (old.reject.delay_ms, old.reject.pulse_ms, old.reject.late_tolerance_ms,
                   old.reject.plc_slow_clear_after):
-        station.scheduler.update_timing(delay_ms=r.delay_ms, pulse_ms=r.pulse_ms, late_tolerance_ms=r.late_tolerance_ms,
-                                        plc_slow_clear_after=r.plc_slow_clear_after)
+        scheduler.update_timing(delay_ms=r.delay_ms, pulse_ms=r.pulse_ms, late_tolerance_ms=r.late_tolerance_ms,
+                                plc_slow_clear_after=r.plc_slow_clear_after)
         result.applied.append(f"reject timing (delay {r.delay_ms:g} ms, pulse {r.pulse_ms:g} ms, "
                               f"tolerance {r.late_tolerance_ms:g} ms)")
     if new_reject is not None:
@@ -145,7 +149,7 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
         result.applied.append(f"alarm actuator {new_alarm.describe()}")
     t = new.tracelog
     if t != old.tracelog:
-        station.tracelog.update_settings(
+        tracelog.update_settings(
             images=t.images, sample_every_n=t.sample_every_n, image_format=t.image_format,
             disk_budget_mb=t.disk_budget_mb, max_backlog=t.max_backlog, min_free_mb=t.min_free_mb,
             max_held_image_mb=t.max_held_image_mb, alarm_clear_s=t.alarm_clear_s)
@@ -159,20 +163,20 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
         torch.set_num_threads(new.model.threads)
         result.applied.append(f"inference threads {new.model.threads}")
     if new.frame != old.frame:
-        station.capture.expected_w, station.capture.expected_h = new.frame.width_px, new.frame.height_px
+        capture.update_frame_size(width_px=new.frame.width_px, height_px=new.frame.height_px)
         result.applied.append("frame size check")
     if new.station.log_level != old.station.log_level:
         logging.getLogger().setLevel(new.station.log_level)
         result.applied.append(f"log level {new.station.log_level}")
+    if new.station.summary_interval_s != old.station.summary_interval_s:
+        housekeeping.update_summary_interval(new.station.summary_interval_s)
     if (new.service, new.line, new.station.summary_interval_s) != (old.service, old.line,
                                                                     old.station.summary_interval_s):
+        # The service reads its limits from the station's config after a reload (Supervisor.update_limits).
         result.applied.append("service, line and summary settings")
-    station.tracelog.run_info = dataclasses.replace(
-        station.tracelog.run_info, model_id=station.classifier.model_id,
-        model_sha256=station.classifier.artifact.sha256, config_sha256=loaded.sha256)
-    station.loaded = dataclasses.replace(loaded, config=new)
-    station.config = new
-    station.apply_trace_log_policy()
+    tracelog.update_run_info(model_id=station.classifier.model_id, model_sha256=station.classifier.artifact.sha256,
+                             config_sha256=loaded.sha256)
+    station.use_config(dataclasses.replace(loaded, config=new))
     station.record_event("INFO", "reload", result.line())
     return result
 

@@ -20,20 +20,19 @@ from collections import deque
 
 from station.output_worker import OutputWorker
 from station.records import Decision, Verdict
+from station.stage import IDLE_WAIT_S, Stage
 
-log = logging.getLogger("station.scheduler")
+log = logging.getLogger(__name__)
 
 _SPIN_NS = 2_000_000
 JITTER_WINDOW = 10_000
 
 
-class RejectScheduler(threading.Thread):
+class RejectScheduler(Stage):
     def __init__(self, worker: OutputWorker, *, delay_ms: float) -> None:
-        super().__init__(name="reject-scheduler", daemon=True)
+        super().__init__("reject-scheduler")
         self.worker = worker
         self.delay_ns = int(delay_ms * 1e6)
-        self.stop_event = threading.Event()
-        self.last_beat_ns = time.monotonic_ns()
         self._cond = threading.Condition()
         self._heap: list[tuple[int, int, int]] = []  # (due_ns, order, seq)
         self._order = itertools.count()
@@ -72,15 +71,15 @@ class RejectScheduler(threading.Thread):
             old, self.worker = self.worker, new
         return old
 
-    def adopt(self, old: RejectScheduler) -> None:
+    def adopt(self, old: Stage) -> None:
         """Take over the parts of a scheduler whose thread died, before start()."""
+        assert isinstance(old, RejectScheduler)
         with old._cond:
             self._heap, self._order = old._heap, old._order
             self.handoff_lateness_ms = old.handoff_lateness_ms
             old._heap = []
 
-    def stop(self) -> None:
-        self.stop_event.set()
+    def wake(self) -> None:
         with self._cond:
             self._cond.notify()
 
@@ -93,21 +92,20 @@ class RejectScheduler(threading.Thread):
             time.sleep(0.01)
         return self.in_flight == 0
 
-    def run(self) -> None:
-        while True:
-            self.last_beat_ns = time.monotonic_ns()
-            with self._cond:
-                if self.stop_event.is_set() and not self._heap:
-                    return
-                now = time.monotonic_ns()
-                next_ns = self._heap[0][0] if self._heap else None
-                if next_ns is None or next_ns - now > _SPIN_NS:
-                    wait_s = 0.2 if next_ns is None else min(0.2, (next_ns - now - _SPIN_NS) / 1e9)
-                    self._cond.wait(wait_s)
-                    continue
-            while time.monotonic_ns() < next_ns:
-                pass  # spin the last ~2 ms: Condition.wait overshoots by up to a millisecond
-            self._hand_over_due()
+    def step(self) -> bool:
+        with self._cond:
+            if self.stop_event.is_set() and not self._heap:
+                return False  # every scheduled part was handed over
+            now = time.monotonic_ns()
+            next_ns = self._heap[0][0] if self._heap else None
+            if next_ns is None or next_ns - now > _SPIN_NS:
+                wait_s = IDLE_WAIT_S if next_ns is None else min(IDLE_WAIT_S, (next_ns - now - _SPIN_NS) / 1e9)
+                self._cond.wait(wait_s)
+                return True
+        while time.monotonic_ns() < next_ns:
+            pass  # spin the last ~2 ms: Condition.wait overshoots by up to a millisecond
+        self._hand_over_due()
+        return True
 
     def _hand_over_due(self) -> None:
         now = time.monotonic_ns()

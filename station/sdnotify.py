@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Mapping
 
-log = logging.getLogger("station.sdnotify")
+log = logging.getLogger(__name__)
 
 
 def socket_address(value: str) -> str | bytes:

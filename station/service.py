@@ -32,7 +32,7 @@ from station.reload import ReloadError
 from station.sdnotify import Notifier
 from station.supervisor import Supervisor
 
-log = logging.getLogger("station.service")
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1      # start-up timed out, or a stage thread survived the stop: systemd may restart us
@@ -144,7 +144,7 @@ class StationService:
                  f"{self.notifier.watchdog_s:g} s" if self.notifier.watchdog_s else "off")
         self.notifier.status(f"starting: loading model {cfg.model.path.name}")
         station = self.station = self.station_factory(self.loaded)
-        station.live.reload_hook = self.reload_for_hmi
+        station.live.route_reloads(self.reload_for_hmi)
         try:
             station.start()
         except ModelArtifactError as exc:

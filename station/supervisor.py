@@ -1,13 +1,16 @@
 """The supervisor: watches every stage thread, restarts a dead one, and says when the station must be restarted.
 
-A stage is *moving* while its thread is alive and its heartbeat (`last_beat_ns`) is younger than
-`service.stall_s`; the inference worker also counts as hung when scoring one frame takes longer than
-`service.inference_hang_s`. A stage whose thread has exited (an uncaught exception) is restarted
-in-process through `Station.restart_stage`, at most `service.max_restarts` times per stage within
-`service.restart_window_s`. A hung thread cannot be killed in Python, and a second thread beside it
-would share its camera or queue, so a hang is not "restarted": `check()` returns False, the service
-stops its watchdog pings and systemd restarts the whole process. When the restart limit is reached
-the supervisor gives up: the `supervisor` alarm goes up (alarm output, STATUS=) and pings stop too.
+Every stage is a `station.stage.Stage`, and the supervisor asks each the same questions: is its thread
+alive; if not, did a finite source end (`finished`: done, not dead); if alive, is it hung (`hang()`):
+busy in one step for longer than its limit (`service.inference_hang_s` for the inference worker's
+scoring of one frame, `service.stall_s` for any other stage), or, while not busy, no heartbeat for
+longer than `service.stall_s`. A stage whose thread has exited (an uncaught exception) is restarted
+in-process through `Station.restart_stage`, which builds the replacement from the stage registry,
+at most `service.max_restarts` times per stage within `service.restart_window_s`. A hung thread
+cannot be killed in Python, and a second thread beside it would share its camera or queue, so a hang
+is not "restarted": `check()` returns False, the `stage_hung` alarm goes up, the service stops its
+watchdog pings and systemd restarts the whole process. When the restart limit is reached the
+supervisor gives up: the `supervisor` alarm goes up (alarm output, STATUS=) and pings stop too.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
     from station.app import Station
     from station.config import ServiceSection
 
-log = logging.getLogger("station.supervisor")
+log = logging.getLogger(__name__)
 
 HUNG_ALARM = "stage_hung"
 GAVE_UP_ALARM = "supervisor"
@@ -33,7 +36,7 @@ class Supervisor:
                  clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
         self.station = station
         self.stall_ns = int(stall_s * 1e9)
-        self.inference_hang_ns = int(inference_hang_s * 1e9)
+        self.busy_limits_ns = {"inference": int(inference_hang_s * 1e9)}  # other stages: stall_ns
         self.max_restarts = max_restarts
         self.restart_window_ns = int(restart_window_s * 1e9)
         self.clock_ns = clock_ns
@@ -50,7 +53,7 @@ class Supervisor:
     def update_limits(self, service: ServiceSection) -> None:
         """New thresholds after a reload; the restart history is kept."""
         self.stall_ns = int(service.stall_s * 1e9)
-        self.inference_hang_ns = int(service.inference_hang_s * 1e9)
+        self.busy_limits_ns = {"inference": int(service.inference_hang_s * 1e9)}
         self.max_restarts = service.max_restarts
         self.restart_window_ns = int(service.restart_window_s * 1e9)
 
@@ -64,34 +67,18 @@ class Supervisor:
         now = self.clock_ns()
         moving = True
         hung: dict[str, str] = {}
-        for name, thread in self.station.stages().items():
-            if thread is None:
-                continue
-            if not thread.is_alive():
-                finished = getattr(thread, "finished", None)
-                if name == "capture" and finished is not None and finished.is_set():
+        for name, stage in self.station.stages().items():
+            if not stage.is_alive():
+                if stage.finished.is_set():
                     continue  # a finite source (replay) ended: done, not dead
                 if not self._restart(name, now):
                     moving = False
                 continue
-            problem = self._stall(name, thread, now)
+            problem = stage.hang(now, stall_ns=self.stall_ns, busy_ns=self.busy_limits_ns.get(name, self.stall_ns))
             if problem is not None:
                 hung[name] = problem
         self._report_hung(hung)
         return moving and not hung and self.gave_up is None
-
-    def _stall(self, name: str, thread: object, now: int) -> str | None:
-        busy_since = getattr(thread, "busy_since_ns", None)
-        if busy_since is not None:
-            # While scoring, the worker's loop heartbeat cannot move: judge it by how long this frame takes.
-            busy_ns = now - busy_since
-            if busy_ns > self.inference_hang_ns:
-                return f"scoring one frame for {busy_ns / 1e9:.1f} s"
-            return None
-        beat = getattr(thread, "last_beat_ns", None)
-        if beat is not None and now - beat > self.stall_ns:
-            return f"no heartbeat for {(now - beat) / 1e9:.1f} s"
-        return None
 
     def _report_hung(self, hung: dict[str, str]) -> None:
         for name in hung.keys() - self.hung.keys():

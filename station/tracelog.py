@@ -10,7 +10,9 @@ the database once it writes again, also after a restart), holds what the journal
 memory up to `max_backlog` rows, and writes older ones to the service log. Memory stays bounded:
 images waiting for the disk are capped at `max_held_image_bytes`. The `tracelog` alarm is raised at
 the first problem and cleared only after the log has been fine for `alarm_clear_s`; error lines are
-rate-limited. `problem` says what is wrong right now: start-up waits for it to be None.
+rate-limited. `problem` says what is wrong right now: start-up waits for it to be None. The writer is
+a `station.stage.Stage` whose input queue is the record queue: `stop()` puts the sentinel behind the
+records already queued, so each of them is written before the thread ends.
 """
 
 from __future__ import annotations
@@ -33,28 +35,32 @@ from station.tracelog_records import RunInfo, TraceOp, apply_op, iso_utc, op_fro
 from station.tracelog_schema import SCHEMA, open_db, rows_since
 from station.tracelog_spill import SPILL_NAME, SpillJournal
 from station.tracelog_recovery import WriterLock, mark_crashed_runs
+from station.stage import IDLE_WAIT_S, STOP, Stage
 
 # Re-exported: the station, `trace export` and the tests import these from here.
 __all__ = ["SCHEMA", "RunInfo", "TraceLog", "iso_utc", "open_db", "rows_since"]
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
 AlarmHook = Callable[[str, str | None], None]
 RowsKeptHook = Callable[[bool, str | None], None]
 DB_RETRY_S = 1.0      # a failing database is tried again this often; rows go to the spill in between
 SPACE_CHECK_S = 1.0   # free space on the log's disk is checked this often
 
 
-class TraceLog(threading.Thread):
+class TraceLog(Stage):
     """Owns the database connection and the spill journal; every other thread only enqueues."""
+
+    busy_doing = "waiting for the disk"
 
     def __init__(self, directory: Path, run: RunInfo, *, images: str = "all", sample_every_n: int = 1,
                  image_format: str = "png", disk_budget_mb: float = 2048.0, max_backlog: int = 10_000,
                  spill_reserve_mb: float = 16.0, min_free_mb: float = 64.0, max_held_image_mb: float = 256.0,
                  alarm_clear_s: float = 30.0, on_alarm: AlarmHook | None = None,
                  on_rows_kept: RowsKeptHook | None = None) -> None:
-        super().__init__(name="tracelog", daemon=True)
+        records: queue.Queue = queue.Queue()
+        super().__init__("tracelog", inbox=records)
+        self._queue = records
         self.directory = Path(directory)
         self.db_path = self.directory / "trace.sqlite"
         self.run_info = run
@@ -69,7 +75,6 @@ class TraceLog(threading.Thread):
         self.max_backlog = max_backlog
         self.min_free_bytes = int(min_free_mb * 1024 * 1024)
         self.max_held_image_bytes = int(max_held_image_mb * 1024 * 1024)
-        self._queue: queue.Queue = queue.Queue()
         self._pending: list[TraceOp] = []  # taken from the queue, in neither the database nor the spill yet
         self._conn: sqlite3.Connection | None = None
         self._held_lock = threading.Lock()
@@ -80,8 +85,6 @@ class TraceLog(threading.Thread):
         self._db_max_seq: int | None = None
         self._next_db_try = self._next_space_check = 0.0
         self._rows_kept, self._scanned = True, False  # rows reach the database or the spill; images folder measured
-        self.last_beat_ns = time.monotonic_ns()
-        self.busy_since_ns: int | None = None  # set around disk I/O: the supervisor judges a hang by it
         self.rows_written = 0
         self.write_errors = 0
         self.images_dropped = 0
@@ -132,22 +135,27 @@ class TraceLog(threading.Thread):
     def finish_run(self, summary_json: str) -> None:
         self._queue.put(("finish", (time.time(), summary_json)))
 
-    def stop(self) -> None:
-        self._queue.put(_STOP)
-
     def update_settings(self, *, images: str, sample_every_n: int, image_format: str, disk_budget_mb: float,
                         max_backlog: int, min_free_mb: float, max_held_image_mb: float, alarm_clear_s: float) -> None:
         """Live reload; the writer reads each of these per part (plain attribute stores are atomic)."""
-        store = self.images
-        store.policy, store.sample_every_n, store.image_format = images, sample_every_n, image_format
-        store.disk_budget_bytes = int(disk_budget_mb * 1024 * 1024)
+        self.images.update_policy(policy=images, sample_every_n=sample_every_n, image_format=image_format,
+                                  disk_budget_bytes=int(disk_budget_mb * 1024 * 1024))
         self.max_backlog, self.min_free_bytes = max_backlog, int(min_free_mb * 1024 * 1024)
         self.max_held_image_bytes = int(max_held_image_mb * 1024 * 1024)
-        self.alarm.clear_after_s = self.images_alarm.clear_after_s = alarm_clear_s
+        self.alarm.update_clear_after(alarm_clear_s)
+        self.images_alarm.update_clear_after(alarm_clear_s)
 
-    def adopt(self, old: TraceLog) -> None:
+    def update_run_info(self, *, model_id: str, model_sha256: str, config_sha256: str) -> None:
+        """The model and config that parts recorded from now on are decided with (live reload)."""
+        self.run_info = dataclasses.replace(self.run_info, model_id=model_id, model_sha256=model_sha256,
+                                            config_sha256=config_sha256)
+
+    def adopt(self, old: Stage) -> None:
         """Take over the queue, held rows, spill and alarms of a writer whose thread died, before start()."""
-        self._queue, self._pending = old._queue, old._pending  # the same queue: later records follow in order
+        assert isinstance(old, TraceLog)
+        self.run_info = old.run_info
+        # The same queue: later records follow in order, and stop() puts its sentinel behind them.
+        self._queue, self.inbox, self._pending = old._queue, old._queue, old._pending
         self.rows_written, self.write_errors, self.unwritten = old.rows_written, old.write_errors, old.unwritten
         self.images, self.spill, self.errors = old.images, old.spill, old.errors
         self.alarm, self.images_alarm = old.alarm, old.images_alarm
@@ -200,13 +208,13 @@ class TraceLog(threading.Thread):
             op.frame, op.image_bytes = None, 0
 
     # ---- writer thread ---------------------------------------------------------------------------
-    def run(self) -> None:
-        stopping = False
-        while not stopping:
-            self.last_beat_ns = time.monotonic_ns()
-            stopping = self._take(0.02 if self._pending or self.spill.count else 0.2)
-            self._step(final=stopping)
-        self._close()
+    def step(self) -> bool:
+        stopping = self._take(0.02 if self._pending or self.spill.count else IDLE_WAIT_S)
+        self._flush(final=stopping)
+        if stopping:
+            # Only here, not in cleanup(): a writer that crashed leaves its spill, lock and rows to adopt().
+            self._close()
+        return not stopping
 
     def _take(self, timeout_s: float) -> bool:
         """Move queued records into `_pending` (a burst commits in one transaction). True: stop seen."""
@@ -220,12 +228,12 @@ class TraceLog(threading.Thread):
             except queue.Empty:
                 break
         for item in items:
-            if item is _STOP:
+            if item is STOP:
                 return True
             self._pending.append(op_from_record(*item, self.run_info))
         return False
 
-    def _step(self, *, final: bool = False) -> None:
+    def _flush(self, *, final: bool = False) -> None:
         now = time.monotonic()
         if now >= self._next_space_check:
             self._check_space()

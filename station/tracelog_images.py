@@ -26,7 +26,7 @@ from PIL import Image
 
 from station.cameras.pixels import MAX_SIDE_PX, MIN_SIDE_PX
 
-log = logging.getLogger("station.tracelog")
+log = logging.getLogger(__name__)
 
 IMAGE_PAUSE_S = 30.0  # after a disk-full error, images are not kept for this long
 
@@ -35,7 +35,7 @@ class ImageStore:
     def __init__(self, directory: Path, *, policy: str, sample_every_n: int, image_format: str,
                  disk_budget_bytes: int) -> None:
         self.directory = directory
-        # These four change live on a reload (station.reload).
+        # These four change live on a reload (`update_policy`).
         self.policy = policy
         self.sample_every_n = sample_every_n
         self.image_format = image_format
@@ -48,6 +48,12 @@ class ImageStore:
         self._paused_until = 0.0
         self._pruned_since_pause = 0
         self._tx: list[tuple[Path, int]] = []  # files written by the open transaction
+
+    def update_policy(self, *, policy: str, sample_every_n: int, image_format: str, disk_budget_bytes: int) -> None:
+        """Which images are kept, how, and the disk budget, from the next part on (live reload). Plain
+        attribute stores: the intake reads `policy` from other threads, one value at a time."""
+        self.policy, self.sample_every_n, self.image_format = policy, sample_every_n, image_format
+        self.disk_budget_bytes = disk_budget_bytes
 
     def scan(self) -> None:
         """Measure what is already on disk (a restart keeps the budget honest)."""

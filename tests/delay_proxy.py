@@ -1,7 +1,7 @@
 """A delaying TCP proxy on 127.0.0.1 for the slow-PLC tests: requests pass at once, replies are held.
 
 `DelayProxy(target_port, hold_ms=150)` listens on a free port of 127.0.0.1 and forwards every
-connection to the target (pymodbus's own server, `station.actuators.sim_server`). Bytes from the
+connection to the target (pymodbus's own server, `station.testbench.plc_sim`). Bytes from the
 client reach the server the moment they arrive, so the server's coil timeline shows when each
 command really took effect; bytes from the server are held `hold_ms` (changeable while running)
 before they go back, the way a PLC with a long scan cycle or a congested network answers late.

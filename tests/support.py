@@ -7,6 +7,7 @@ live in tests/conftest.py.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# `station` as the tests run it in a subprocess: with the test network registered (tests/station_cli.py),
+# so it loads the tiny models below. Tests of what an installed station does use `python -m station.cli`.
+STATION_CLI = [sys.executable, str(REPO / "tests" / "station_cli.py")]
 
 
 def require_component(available: bool, what: str) -> None:
@@ -34,14 +38,15 @@ _TINY_DOMAINS: dict[tuple[int, int], object] = {}
 
 
 def make_tiny_model(path: Path, *, threshold: float = 0.5, input_size: int = 64, seed: int = 0) -> Path:
-    """An untrained TinyNet artifact: real file format (sealed format 2), real loading path, meaningless
-    verdicts. Its validity domain is fitted (novelty and spread limits, no perturbation sweep) on frames
+    """An untrained TinyNet artifact (tests/tinynet.py): real file format (sealed format 2), real loading
+    path, meaningless verdicts. Its validity domain is fitted (novelty and spread limits, no perturbation sweep) on frames
     of the station's own renderer at the sizes the tests render, so rendered frames pass its gate and a
     covered lens, a black or a white frame do not. The fit takes about a second; it is cached per seed."""
     import torch
 
-    from station.artifact import ArtifactMetadata, TinyNet, save_artifact
+    from station.artifact import ArtifactMetadata, save_artifact
     from station.preprocess import Preprocess
+    from tinynet import TinyNet
 
     torch.manual_seed(seed)
     model = TinyNet(2).eval()

@@ -24,7 +24,7 @@ from PIL import Image, ImageEnhance, UnidentifiedImageError
 
 from station.preprocess import Preprocess
 
-log = logging.getLogger("training.data")
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
 DEFECTIVE_CLASS = "def_front"
@@ -57,12 +57,6 @@ class ImageFolderScan:
     def fingerprint(self) -> str:
         """sha256 over the sorted per-file hashes: the same images give the same fingerprint."""
         return fingerprint([s.sha256 for s in self.samples])
-
-    def class_counts(self) -> dict[str, int]:
-        counts = {name: 0 for name in self.class_names}
-        for s in self.samples:
-            counts[self.class_names[s.label]] += 1
-        return counts
 
 
 def fingerprint(hashes: Sequence[str]) -> str:

@@ -36,7 +36,7 @@ from training import data as tdata
 from training import threshold as tthreshold
 from training.model import create_model
 
-log = logging.getLogger("training.engine")
+log = logging.getLogger(__name__)
 
 CHECKPOINT_LAST = "last.pt"
 CHECKPOINT_BEST = "best.pt"

@@ -28,7 +28,7 @@ from training import data as tdata
 from training import nearcopy
 from training.validity import score_images
 
-log = logging.getLogger("training.evaluate")
+log = logging.getLogger(__name__)
 
 
 def variant_metrics(p_defect: np.ndarray, is_defect: np.ndarray, threshold: float, *,

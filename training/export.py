@@ -33,7 +33,7 @@ from training.calibration import CalibrationSettings, domain_for_split
 from training.data import DEFECTIVE_CLASS
 from training.model import ARCHITECTURE
 
-log = logging.getLogger("training.export")
+log = logging.getLogger(__name__)
 
 MODEL_NAME = "impeller-resnet18"
 

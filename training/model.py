@@ -19,7 +19,7 @@ from torch import nn
 
 from station.artifact import build_model
 
-log = logging.getLogger("training.model")
+log = logging.getLogger(__name__)
 
 ARCHITECTURE = "resnet18"
 

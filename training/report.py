@@ -26,7 +26,7 @@ from station.gradcam import grad_cam  # noqa: E402,F401  (re-exported: training.
 from training.data import Sample  # noqa: E402
 from training.threshold import threshold_table  # noqa: E402
 
-log = logging.getLogger("training.report")
+log = logging.getLogger(__name__)
 
 REPORT_FILES = ("report.md", "metrics.json", "confusion_test_full.png", "confusion_test_dedup.png",
                 "confusion.txt", "classification_report.txt", "roc.png", "pr.png", "threshold_table.md",

@@ -19,8 +19,9 @@ from abc import ABC, abstractmethod
 from collections import Counter
 
 from station.records import Verdict
+from station.stage import Stage
 
-log = logging.getLogger("station.actuator")
+log = logging.getLogger(__name__)
 
 
 class ActuatorError(RuntimeError):
@@ -89,6 +90,9 @@ class Actuator(ABC):
     # Least time between two attempts while commands wait (after a device error reply the link stays up,
     # so no backoff holds the next try back); drivers set it from their `reconnect_busy_ms`.
     retry_interval_s: float = 0.1
+    # A thread of the driver's own that talks to the device beside the output worker (the PLC handshake's
+    # heartbeat), named for the supervisor; None: the driver has none.
+    io_thread_name: str | None = None
 
     def __init__(self) -> None:
         # Re-entrant so that an actuator's own housekeeping (tick, heartbeat) may take it whether or not
@@ -115,6 +119,18 @@ class Actuator(ABC):
     def release(self) -> None:
         """Let go of the device without writing to it (after `open_safe()` by a caller that hands the output
         on to another owner); `close()` is the one that drives the output off."""
+
+    def io_thread(self) -> Stage | None:
+        """The driver's own I/O thread while the device is open (the supervisor watches it); None without."""
+        return None
+
+    def new_io_thread(self) -> Stage:
+        """A fresh, unstarted I/O thread, for the supervisor's restart of one that died."""
+        raise NotImplementedError(f"{self.kind} has no I/O thread of its own")
+
+    def adopt_io_thread(self, new: Stage) -> None:
+        """Run `new` (from `new_io_thread`, started by the caller next) in place of the thread that died."""
+        raise NotImplementedError(f"{self.kind} has no I/O thread of its own")
 
     def link_wait_s(self, *, busy: bool) -> float:
         """Seconds until a command may try to reconnect a link that is down (0: the link is up or an
@@ -181,6 +197,18 @@ class SwitchedOutput(Actuator):
     @abstractmethod
     def _backoff(self) -> Backoff:
         """The reconnect backoff of the transport."""
+
+    def io_thread(self) -> Stage | None:
+        """The driver's own I/O thread while the device is open (the supervisor watches it); None without."""
+        return None
+
+    def new_io_thread(self) -> Stage:
+        """A fresh, unstarted I/O thread, for the supervisor's restart of one that died."""
+        raise NotImplementedError(f"{self.kind} has no I/O thread of its own")
+
+    def adopt_io_thread(self, new: Stage) -> None:
+        """Run `new` (from `new_io_thread`, started by the caller next) in place of the thread that died."""
+        raise NotImplementedError(f"{self.kind} has no I/O thread of its own")
 
     def link_wait_s(self, *, busy: bool) -> float:
         return 0.0 if self._link_up() else self._backoff().wait_s(busy=busy)

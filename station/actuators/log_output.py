@@ -7,7 +7,7 @@ import logging
 from station.actuators.base import Actuator
 from station.config_actuators import LogActuatorConfig
 
-log = logging.getLogger("station.actuator.log")
+log = logging.getLogger(__name__)
 
 
 class LogActuator(Actuator):

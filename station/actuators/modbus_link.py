@@ -27,7 +27,7 @@ from station.actuators.base import (
     SwitchedOutput,
 )
 
-log = logging.getLogger("station.actuator.modbus")
+log = logging.getLogger(__name__)
 
 
 class ModbusLink:

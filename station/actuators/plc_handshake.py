@@ -13,15 +13,15 @@ when no parts pass. When the heartbeat stops changing the PLC stops the line or 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from station.actuators.base import Actuator, ActuatorError
 from station.actuators.modbus_link import ModbusLink, rtu_link, tcp_link
 from station.config_actuators import HANDSHAKE_REGISTER_COUNT, ModbusRtuLinkConfig, PlcHandshakeActuatorConfig
 from station.records import Decision, Reason, Verdict
+from station.stage import IDLE_WAIT_S, Stage
 
-log = logging.getLogger("station.actuator.plc_handshake")
+log = logging.getLogger(__name__)
 
 # Offsets from `register_base`. 32-bit values are two registers, high word first.
 HEARTBEAT = 0
@@ -102,9 +102,42 @@ def _scaled(p: float | None) -> int:
     return max(0, min(10000, round(p * 10000)))
 
 
+class HandshakeHeartbeat(Stage):
+    """The handshake's heartbeat thread: every `heartbeat_ms` one status write (counter +1, READY, alarm
+    code, counters), also while the PLC is down: its write is what reconnects the link."""
+
+    busy_doing = "writing the heartbeat"
+
+    def __init__(self, actuator: PlcHandshake) -> None:
+        super().__init__(f"{actuator.name}-plc-heartbeat")
+        self.actuator = actuator
+        self.period_s = actuator.config.heartbeat_ms / 1000.0
+        self._next_t = time.monotonic() + self.period_s
+
+    def step(self) -> bool:
+        wait_s = self._next_t - time.monotonic()
+        if wait_s > 0:
+            return not self.stop_event.wait(min(wait_s, IDLE_WAIT_S))
+        # Poll the lock so close(), called with the lock held, never waits on this thread.
+        if not self.actuator.lock.acquire(timeout=0.05):
+            return not self.stop_event.is_set()
+        try:
+            if self.stop_event.is_set():
+                return False
+            self._next_t += self.period_s
+            if self._next_t < time.monotonic():  # fell behind (link timeouts): keep the period, skip beats
+                self._next_t = time.monotonic() + self.period_s
+            with self.busy():
+                self.actuator.beat()
+        finally:
+            self.actuator.lock.release()
+        return True
+
+
 class PlcHandshake(Actuator):
     kind = "plc_handshake"
     owns_timing = True
+    io_thread_name = "plc_heartbeat"
 
     def __init__(self, config: PlcHandshakeActuatorConfig, *, name: str = "reject") -> None:
         super().__init__()
@@ -120,8 +153,7 @@ class PlcHandshake(Actuator):
         self.fail_safes = 0
         self.heartbeats_sent = 0
         self._ready = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: HandshakeHeartbeat | None = None
 
     def describe(self) -> str:
         return f"{self.link.endpoint} handshake registers {self.config.register_base}.." \
@@ -166,10 +198,8 @@ class PlcHandshake(Actuator):
         self._ready = ready
         if self._thread is None or not self._thread.is_alive():
             self.heartbeat = 0
-            self._stop.clear()
             # The heartbeat runs even when the PLC is down at start: it is what reconnects.
-            self._thread = threading.Thread(target=self._heartbeat_loop, name=f"{self.name}-plc-heartbeat",
-                                            daemon=True)
+            self._thread = HandshakeHeartbeat(self)
             self._thread.start()
         with self.lock:
             self.link.connect()
@@ -199,33 +229,32 @@ class PlcHandshake(Actuator):
         the full code (`set_alarm_code`, image_quality included) where it knows it."""
         self.set_alarm_code(ALARM_STATION_UNHEALTHY if on else ALARM_NONE)
 
-    def _heartbeat_loop(self) -> None:
-        period_s = self.config.heartbeat_ms / 1000.0
-        next_t = time.monotonic() + period_s
-        while not self._stop.wait(max(0.0, next_t - time.monotonic())):
-            next_t += period_s
-            if next_t < time.monotonic():  # fell behind (link timeouts): keep the period, skip beats
-                next_t = time.monotonic() + period_s
-            # Poll the lock so close(), called with the lock held, never waits on this thread.
-            while not self.lock.acquire(timeout=0.05):
-                if self._stop.is_set():
-                    return
-            try:
-                if self._stop.is_set():
-                    return
-                self.heartbeat = (self.heartbeat + 1) & 0xFFFF
-                try:
-                    self._write_status()
-                    self.heartbeats_sent += 1
-                except ActuatorError as exc:
-                    self.counters["heartbeat_failed"] += 1
-                    log.debug("heartbeat %d not delivered: %s", self.heartbeat, exc)
-            finally:
-                self.lock.release()
+    def beat(self) -> None:
+        """One heartbeat (the heartbeat thread, holding the lock): counter +1 and the status block."""
+        self.heartbeat = (self.heartbeat + 1) & 0xFFFF
+        try:
+            self._write_status()
+            self.heartbeats_sent += 1
+        except ActuatorError as exc:
+            self.counters["heartbeat_failed"] += 1
+            log.debug("heartbeat %d not delivered: %s", self.heartbeat, exc)
+
+    # ---- the heartbeat thread as the supervisor sees it -------------------------------------------------
+    def io_thread(self) -> Stage | None:
+        return self._thread
+
+    def new_io_thread(self) -> Stage:
+        return HandshakeHeartbeat(self)
+
+    def adopt_io_thread(self, new: Stage) -> None:
+        """The heartbeat counter goes on from where the dead thread left it: the PLC sees no reset."""
+        assert isinstance(new, HandshakeHeartbeat)
+        with self.lock:
+            self._thread = new
 
     def _stop_heartbeat(self) -> None:
-        self._stop.set()
         if self._thread is not None:
+            self._thread.stop()
             self._thread.join(timeout=5.0)
             if self._thread.is_alive():
                 log.error("%s: heartbeat thread did not stop", self.describe())

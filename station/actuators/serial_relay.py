@@ -22,7 +22,7 @@ from station.actuators.base import (
 )
 from station.config_actuators import SerialRelayActuatorConfig
 
-log = logging.getLogger("station.actuator.serial_relay")
+log = logging.getLogger(__name__)
 
 
 class SerialRelay(SwitchedOutput):

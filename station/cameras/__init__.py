@@ -7,7 +7,6 @@ replay source never needs Aravis or harvesters installed.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from station.cameras.base import Camera
 
@@ -21,8 +20,8 @@ REGISTRY = {
 }
 
 
-def build_camera(config: object, **overrides: Any) -> Camera:
+def build_camera(config: object) -> Camera:
     kind = getattr(config, "kind")
     module_name, _, class_name = REGISTRY[kind].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(config, **overrides)
+    return cls(config)

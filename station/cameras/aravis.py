@@ -20,7 +20,7 @@ from station.cameras.pixels import from_buffer, station_format
 from station.cameras.streaming import RawFrame, StreamingCamera
 from station.config_cameras import AravisCameraConfig
 
-log = logging.getLogger("station.camera.aravis")
+log = logging.getLogger(__name__)
 
 # Releasing a GigE camera that no longer answers costs ~10 s of register-write timeouts inside
 # Aravis (stream and control teardown; not configurable in 0.8). Those objects are released on a

@@ -102,7 +102,7 @@ class Camera(ABC):
     def describe(self) -> str:
         return self.kind
 
-    @property
-    def expected_frames(self) -> int | None:
-        """How many frames a finite source will deliver, when known."""
+    def finish_pending(self) -> Grab | None:
+        """At stop, before close(): a part the camera has started but not delivered yet (a software
+        trigger waiting for its frame), as its Grab; None when there is none (most cameras)."""
         return None

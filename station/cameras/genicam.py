@@ -22,7 +22,7 @@ from station.cameras.pixels import check_declared_size, from_buffer, station_for
 from station.cameras.streaming import RawFrame, StreamingCamera
 from station.config_cameras import GenicamCameraConfig
 
-log = logging.getLogger("station.camera.genicam")
+log = logging.getLogger(__name__)
 
 
 def find_producers(paths: list[Path] | None = None) -> list[Path]:

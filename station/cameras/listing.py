@@ -12,7 +12,7 @@ from pathlib import Path
 
 from station.cameras.base import CameraError
 
-log = logging.getLogger("station.camera.listing")
+log = logging.getLogger(__name__)
 
 KINDS = ("aravis", "genicam", "opencv")
 

@@ -22,7 +22,7 @@ from station.cameras.base import Camera, CameraError, CameraLost, EndOfStream, G
 from station.cameras.pixels import check_declared_size, to_station_image
 from station.config_cameras import OpenCvCameraConfig
 
-log = logging.getLogger("station.camera.opencv")
+log = logging.getLogger(__name__)
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 

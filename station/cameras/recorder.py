@@ -24,7 +24,7 @@ from PIL import Image
 
 from station.cameras.base import Camera, CameraError, CameraLost, EndOfStream, Grab
 
-log = logging.getLogger("station.camera.recorder")
+log = logging.getLogger(__name__)
 
 MANIFEST = "frames.jsonl"
 INFO = "recording.json"

@@ -22,7 +22,7 @@ from station.cameras.pixels import check_declared_size, to_station_image
 from station.cameras.recorder import MANIFEST, read_manifest
 from station.config_cameras import ReplayCameraConfig
 
-log = logging.getLogger("station.camera.replay")
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm"}
@@ -55,10 +55,10 @@ def load_image(path: Path) -> np.ndarray:
 class ReplayCamera(Camera):
     kind = "replay"
 
-    def __init__(self, config: ReplayCameraConfig, *, rate_parts_per_s: float | None | str = "config") -> None:
+    def __init__(self, config: ReplayCameraConfig) -> None:
         super().__init__()
         self.config = config
-        self.rate = config.rate_parts_per_s if rate_parts_per_s == "config" else rate_parts_per_s
+        self.rate = config.rate_parts_per_s
         self.paced_by_pipeline = self.rate is None
         self._files: list[Path] = []
         self._entries: list[dict] | None = None   # a `station record` manifest, when the folder has one
@@ -70,13 +70,6 @@ class ReplayCamera(Camera):
     def describe(self) -> str:
         pace = "as fast as possible" if self.rate is None else f"{self.rate:g} parts/s"
         return f"replay {self.config.path} ({pace})"
-
-    @property
-    def expected_frames(self) -> int | None:
-        if self._video is not None or self.config.loop:
-            return self.config.limit
-        n = len(self._files)
-        return min(n, self.config.limit) if self.config.limit else n
 
     def open(self) -> None:
         path = self.config.path

@@ -76,7 +76,7 @@ class ClockMapper:
 class StreamingCamera(Camera):
     """A GenICam-style streaming camera; subclasses provide the device hooks."""
 
-    log = logging.getLogger("station.camera")
+    log = logging.getLogger(__name__)
 
     def __init__(self, config: Any) -> None:
         super().__init__()

@@ -75,18 +75,14 @@ def covered_lens(rng: np.random.Generator, size: int) -> np.ndarray:
 class SyntheticCamera(Camera):
     kind = "synthetic"
 
-    def __init__(self, config: SyntheticCameraConfig, *, rate_parts_per_s: float | None | str = "config") -> None:
+    def __init__(self, config: SyntheticCameraConfig) -> None:
         super().__init__()
         self.config = config
-        self.rate = config.rate_parts_per_s if rate_parts_per_s == "config" else rate_parts_per_s
+        self.rate = config.rate_parts_per_s
         self.paced_by_pipeline = self.rate is None
         self._rng = np.random.default_rng(config.seed)
         self._delivered = 0
         self._pacer = Pacer(self.rate)
-
-    @property
-    def expected_frames(self) -> int | None:
-        return self.config.limit
 
     def describe(self) -> str:
         pace = "as fast as possible" if self.rate is None else f"{self.rate:g} parts/s"

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 from support import require_component
 
-from station.actuators.sim_server import SocatPtyPair
+from station.testbench.serial_pty import SocatPtyPair
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from support import assert_pulse_timing
 
 from station.actuators import build_actuator
 from station.actuators.base import ActuatorNotConnected, ActuatorTransportError
-from station.actuators.sim_server import start_sim_serial_server
+from station.testbench.plc_sim import start_sim_serial_server
 from station.config_actuators import ModbusRtuActuatorConfig
 
 PULSE_MS = 30.0

@@ -13,7 +13,7 @@ from support import RejectOutput, assert_pulse_timing, reject_verdict
 
 from station.actuators import build_actuator
 from station.actuators.base import ActuatorDeviceError, ActuatorNotConnected, ActuatorTransportError
-from station.actuators.sim_server import start_sim_server
+from station.testbench.plc_sim import start_sim_server
 from station.config_actuators import ModbusTcpActuatorConfig
 
 PULSE_MS = 25.0

@@ -10,7 +10,7 @@ import pytest
 from station.actuators import build_actuator
 from station.actuators import plc_handshake as hs
 from station.actuators.base import ActuatorNotConnected, ActuatorTransportError
-from station.actuators.sim_server import start_sim_serial_server, start_sim_server
+from station.testbench.plc_sim import start_sim_serial_server, start_sim_server
 from station.config_actuators import ModbusRtuLinkConfig, ModbusTcpLinkConfig, PlcHandshakeActuatorConfig
 from station.records import Decision, Reason, Verdict
 

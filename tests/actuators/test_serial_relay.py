@@ -9,7 +9,7 @@ from support import assert_pulse_timing
 
 from station.actuators import build_actuator
 from station.actuators.base import ActuatorNotConnected, ActuatorTransportError
-from station.actuators.sim_server import SerialBytesRecorder
+from station.testbench.serial_pty import SerialBytesRecorder
 from station.config_actuators import SerialRelayActuatorConfig
 
 ON = bytes.fromhex("A0 01 01 A2")

@@ -13,13 +13,12 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from support import REPO, require_component
+from support import REPO, STATION_CLI, require_component
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -57,7 +56,7 @@ def free_port() -> int:
 
 
 def add_user(config: Path, name: str, role: str, password: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "station.cli", "users", "-c", str(config), "add", name, "--role",
+    return subprocess.run([*STATION_CLI, "users", "-c", str(config), "add", name, "--role",
                            role, "--password-stdin"], input=password + "\n", capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
 
@@ -70,7 +69,7 @@ class HmiProcess:
         self.base = f"http://127.0.0.1:{port}"
         self.stderr_path = cwd / f"hmi-{port}.stderr"
         self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "station.cli", "hmi", "-c", str(config), "--port",
+        self.proc = subprocess.Popen([*STATION_CLI, "hmi", "-c", str(config), "--port",
                                       str(port)], cwd=cwd, stdout=subprocess.DEVNULL, stderr=self._stderr,
                                      env={**os.environ, "PYTHONPATH": str(REPO)})
 

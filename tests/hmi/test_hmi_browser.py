@@ -18,7 +18,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from hmi_support import HmiProcess, add_user, chromium, csrf_of, free_port, logged_in_client, login, require_browser
-from support import REPO, casting_data_dir, query, require_component
+from support import REPO, STATION_CLI, casting_data_dir, query, require_component
 
 from station.app import Station
 from station.configfile import load_config
@@ -114,7 +113,7 @@ hmi:
 
 @pytest.fixture(scope="module")
 def sim_plc_module():
-    from station.actuators.sim_server import start_sim_server
+    from station.testbench.plc_sim import start_sim_server
 
     plc = start_sim_server("127.0.0.1", 0)
     yield plc
@@ -230,7 +229,7 @@ def test_reviewer_marks_rejects_and_exports_them(line):
         for seq, review in marked.items():
             assert "Reviewed" in page.inner_text(f"#review-{seq}")
     out = line["tmp"] / "export"
-    result = subprocess.run([sys.executable, "-m", "station.cli", "review", "export", "-c", str(line["config"]),
+    result = subprocess.run([*STATION_CLI, "review", "export", "-c", str(line["config"]),
                              "--out", str(out)], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
@@ -253,7 +252,7 @@ def test_reviewer_marks_rejects_and_exports_them(line):
                                                ",".join(str(s) for s in marked))}
     diffs = {s: {k: (before[s][k], after[s][k]) for k in after[s] if after[s][k] != before[s][k]} for s in marked}
     assert not any(diffs.values()), diffs
-    again = subprocess.run([sys.executable, "-m", "station.cli", "review", "export", "-c", str(line["config"]),
+    again = subprocess.run([*STATION_CLI, "review", "export", "-c", str(line["config"]),
                             "--out", str(out)], capture_output=True, text=True, timeout=120,
                            env={**os.environ, "PYTHONPATH": str(REPO)})
     assert again.returncode == 2 and "not an empty folder" in again.stderr, "an export is never overwritten"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from hmi_support import add_user
-from support import REPO, make_tiny_model, query, write_config
+from support import REPO, STATION_CLI, make_tiny_model, query, write_config
 
 from station.app import Station
 from station.configfile import load_config
@@ -48,7 +48,7 @@ hmi:
 
 
 def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "station.cli", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([*STATION_CLI, *args], input=stdin, capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 

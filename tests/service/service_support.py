@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from support import REPO
+from support import REPO, STATION_CLI
 from support import query as read_rows  # noqa: F401  (the service tests' name for it)
 
 
@@ -78,7 +78,7 @@ class NotifyListener:
 
 
 class StationProcess:
-    """`python -m station.cli run -c CONFIG` (or a fault-injection runner script) as a real subprocess."""
+    """`station run -c CONFIG` (tests/station_cli.py, or a fault-injection runner script) as a real subprocess."""
 
     def __init__(self, config: Path, *, cwd: Path, env: dict[str, str] | None = None,
                  runner: Path | None = None, journal: bool = False) -> None:
@@ -89,7 +89,7 @@ class StationProcess:
             # What systemd does for StandardError=journal: name the stream so the service can tell.
             st = os.fstat(self._stderr.fileno())
             env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
-        cmd = [sys.executable, str(runner)] if runner else [sys.executable, "-m", "station.cli"]
+        cmd = [sys.executable, str(runner)] if runner else STATION_CLI
         self.proc = subprocess.Popen([*cmd, "run", "-c", str(config)], cwd=cwd, stdout=subprocess.DEVNULL,
                                      stderr=self._stderr, env={**os.environ, "PYTHONPATH": str(REPO), **env})
 

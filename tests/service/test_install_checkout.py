@@ -13,16 +13,15 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-from support import REPO, make_tiny_model
+from support import REPO, STATION_CLI, make_tiny_model
 
-from station.cli_service import useradd_command
+from station.cli_install import useradd_command
 
 
 def station(*args: str, pythonpath: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "station.cli", *args], capture_output=True, text=True,
+    return subprocess.run([*STATION_CLI, *args], capture_output=True, text=True,
                           timeout=120, cwd=cwd, env={**os.environ, "PYTHONPATH": str(pythonpath)})
 
 

@@ -1,9 +1,11 @@
 """Station.reload on a running station: actuator settings move to another (real, pymodbus) PLC, the image
-policy changes from the next part, restart-only keys are reported and left alone, and a reload that fails
-anywhere (unreachable PLC, corrupt model) changes nothing at all."""
+policy changes from the next part, the frame size check, the reject delay, the model recorded in the rows and
+the summary interval change through the stages that hold them, restart-only keys are reported and left alone,
+and a reload that fails anywhere (unreachable PLC, corrupt model) changes nothing at all."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -11,8 +13,9 @@ import pytest
 from service_support import free_port, read_rows
 from support import make_tiny_model, own_pulse_rows, write_config
 
-from station.actuators.sim_server import start_sim_server
+from station.testbench.plc_sim import start_sim_server
 from station.app import Station
+from station.artifact import file_sha256
 from station.configfile import load_config
 from station.reload import ReloadError
 
@@ -96,6 +99,38 @@ def test_image_policy_changes_live_and_restart_only_keys_are_reported_not_applie
     assert with_image and without and max(with_image) < min(without), "images stop from one part on"
     event = read_rows(tmp_path / "log/trace.sqlite", "SELECT message FROM events WHERE kind='reload'")
     assert "needs restart (not applied): camera, queues, tracelog.dir" in event[0]["message"]
+
+
+def test_frame_check_delay_model_and_summary_interval_change_through_their_stages(tmp_path, caplog):
+    """Each live setting has its stage's public method behind it: the capture's frame size check, the
+    scheduler's delay, the trace log's run identity (model and config hashes in every row), the housekeeping
+    summary interval, the station's config. Each holds from one part on, for every later part."""
+    caplog.set_level(logging.INFO, logger="station.housekeeping")
+    other = make_tiny_model(tmp_path / "other.pt", seed=1)
+    station = start(tmp_path, config_text())
+    try:
+        until(lambda: station.stats.parts >= 4)
+        assert not [r for r in caplog.records if r.message.startswith("summary:")], "60 s between summaries at start"
+        changed = config_text(model="other.pt").replace("delay_ms: 300", "delay_ms: 450") \
+            + "frame: {width_px: 100, height_px: 100}\nstation: {summary_interval_s: 1}\n"
+        result = reload_with(station, tmp_path, changed)
+        cut = station.stats.parts
+        until(lambda: station.stats.parts >= cut + 6)
+        until(lambda: any(r.message.startswith("summary:") for r in caplog.records), timeout=10)
+    finally:
+        station.stop()
+    assert {"frame size check", "service, line and summary settings"} <= set(result.applied)
+    assert station.config.reject.delay_ms == 450 and station.loaded.sha256 == file_sha256(tmp_path / "s.yaml")
+    rows = read_rows(tmp_path / "log/trace.sqlite",
+                     "SELECT reason, due_ns - t_capture_ns AS delay_ns, model_sha256, config_sha256 FROM parts ORDER BY seq")
+    first, last = rows[0], rows[-1]
+    assert (first["reason"], first["delay_ns"]) == ("model", 300_000_000)
+    assert (last["reason"], last["delay_ns"]) == ("bad_frame", 450_000_000), "64 px frames, 100 px expected"
+    assert (last["model_sha256"], last["config_sha256"]) == (file_sha256(other), station.loaded.sha256)
+    assert first["model_sha256"] != last["model_sha256"] and first["config_sha256"] != last["config_sha256"]
+    for key in ("reason", "delay_ns"):
+        switched = [i for i, r in enumerate(rows) if r[key] == last[key]]
+        assert switched == list(range(switched[0], len(rows))), f"{key}: once changed, for every later part"
 
 
 @pytest.mark.parametrize("fault", ["unreachable PLC", "corrupt model"])

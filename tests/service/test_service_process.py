@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 from service_support import NotifyListener, StationProcess, count_rows, free_port, read_rows, wait_rows
-from support import make_tiny_model, own_pulse_rows, write_config
+from support import REPO, make_tiny_model, own_pulse_rows, write_config
 
-from station.actuators.sim_server import start_sim_server
+from station.testbench.plc_sim import start_sim_server
 
 WATCHDOG_USEC = 1_000_000
 
@@ -146,6 +146,10 @@ import threading
 
 from station import classifier
 
+sys.path.append(os.environ["STATION_TEST_DIR"])  # tests/: the test network of the tiny model
+import tinynet  # noqa: E402
+
+tinynet.register()
 FLAG = os.environ["STATION_TEST_HANG_FLAG"]
 real_assess = classifier.Classifier.assess
 
@@ -168,8 +172,8 @@ def test_watchdog_pings_stop_when_inference_hangs(tmp_path, notify):
     runner.write_text(HANG_RUNNER)
     flag = tmp_path / "hang-now"
     cfg = station_yaml(tmp_path, extra="service: {inference_hang_s: 1.0}")
-    proc = StationProcess(cfg, cwd=tmp_path, env=service_env(notify, STATION_TEST_HANG_FLAG=str(flag)),
-                          runner=runner)
+    proc = StationProcess(cfg, cwd=tmp_path, runner=runner, env=service_env(
+        notify, STATION_TEST_HANG_FLAG=str(flag), STATION_TEST_DIR=str(REPO / "tests")))
     try:
         notify.wait_for(is_ready, timeout=90)
         db = tmp_path / "log" / "trace.sqlite"

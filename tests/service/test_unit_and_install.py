@@ -1,4 +1,4 @@
-"""The systemd unit (systemd-analyze verify, the directives the issue asks for, a comment for every line) and
+"""The systemd unit (systemd-analyze verify, its watchdog, restart and hardening directives, a comment for every line) and
 `station install` into a staging root: unit, config with absolute paths, verified model, nothing in --dry-run."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import REPO, make_tiny_model, require_component
+from support import REPO, STATION_CLI, make_tiny_model, require_component
 
 from station.configfile import load_config
 
@@ -82,7 +82,7 @@ def test_unit_has_the_directives_the_plant_relies_on():
     assert allowed == {"char-video4linux", "char-ttyUSB", "char-ttyACM", "char-usb_device", "char-nvidia*"}
     assert float(one["TimeoutStopSec"]) >= 10 and one["RestartPreventExitStatus"] == "2"
     assert one["WantedBy"] == "multi-user.target"
-    # Hardening (issue 13): a system call allow list, /proc and mounts private, no realtime, no SysV IPC left.
+    # Hardening: a system call allow list, /proc and mounts private, no realtime, no SysV IPC left.
     assert values["SystemCallFilter"] == ["@system-service", "~@privileged"] and one["SystemCallErrorNumber"] == "EPERM"
     assert one["ProtectProc"] == "invisible" and one["PrivateMounts"] == "true"
     assert one["RestrictRealtime"] == "true" and one["RemoveIPC"] == "true"
@@ -127,7 +127,7 @@ def test_hmi_unit_is_hardened_and_ranks_below_the_station():
 
 # ---- station install -------------------------------------------------------------------------------------
 def install(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "station.cli", "install", *args], capture_output=True, text=True,
+    return subprocess.run([*STATION_CLI, "install", *args], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 

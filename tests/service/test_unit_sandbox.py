@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import REPO, make_tiny_model, query, require_component, write_config
+from support import REPO, STATION_CLI, make_tiny_model, query, require_component, write_config
 
 UNIT = REPO / "systemd" / "inspection-station.service"
 
@@ -92,7 +92,7 @@ def test_the_station_runs_under_the_units_system_call_filter(tmp_path, seccomp):
     demo = demo.replace("../models/impeller-resnet18.pt", str(tmp_path / "tiny.pt")).replace("../var/demo", "log")
     cfg = write_config(tmp_path / "demo.yaml", demo)
     result = run_filtered(seccomp, allowed, error,
-                          [sys.executable, "-m", "station.cli", "demo", "-c", str(cfg), "--parts", "6", "--rate", "10"],
+                          [*STATION_CLI, "demo", "-c", str(cfg), "--parts", "6", "--rate", "10"],
                           cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(onnxruntime on cpu)" in result.stdout or "(torch on cuda)" in result.stdout

@@ -14,23 +14,23 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from support import REPO, make_tiny_model, require_component, write_config
+from support import REPO, STATION_CLI, make_tiny_model, require_component, write_config
+from tinynet import TinyNet
 
 from station.app import Station
-from station.artifact import LEGACY_FORMAT, ArtifactMetadata, ModelArtifactError, TinyNet, load_artifact
+from station.artifact import LEGACY_FORMAT, ArtifactMetadata, ModelArtifactError, load_artifact
 from station.artifact_integrity import SEAL_LENGTH, seal, tensor_digest, text_digest
 from station.configfile import load_config
 from station.preprocess import Preprocess
 
 SHIPPED_MODEL = REPO / "models" / "impeller-resnet18.pt"
-STATION = [sys.executable, "-m", "station.cli"]
+STATION = STATION_CLI  # the test network registered (tests/station_cli.py)
 
 
 def flipped(raw: bytes, offset: int, bit: int) -> bytes:

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support import REPO, make_frames, make_tiny_model, own_pulse_rows, require_component, write_config
+from support import REPO, STATION_CLI, make_frames, make_tiny_model, own_pulse_rows, require_component, write_config
 
-STATION = [sys.executable, "-m", "station.cli"]
+STATION = STATION_CLI  # the test network registered (tests/station_cli.py)
 
 
 def station(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -93,7 +93,9 @@ def test_model_of_another_architecture_refuses_to_start(tmp_path):
 
     import torch
 
-    from station.artifact import LEGACY_FORMAT, ArtifactMetadata, TinyNet
+    from tinynet import TinyNet
+
+    from station.artifact import LEGACY_FORMAT, ArtifactMetadata
     from station.preprocess import Preprocess
 
     meta = ArtifactMetadata(architecture="resnet18", class_names=("def_front", "ok_front"),
@@ -107,6 +109,28 @@ def test_model_of_another_architecture_refuses_to_start(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "plain.pt")
     with pytest.raises(ModelArtifactError, match="format"):
         load_artifact(tmp_path / "plain.pt")
+
+
+def test_an_installed_station_refuses_the_test_network(tmp_path):
+    """tinynet exists for the test suite only: `station` as installed (`python -m station.cli`, no test launcher)
+    refuses a model of it at check-config --model and at run, with one line and exit 2. The test launcher,
+    which registers it, accepts the same files: the registration is the only difference."""
+    make_tiny_model(tmp_path / "tiny.pt")
+    make_frames(tmp_path / "frames", defective=1, ok=1, size=64)
+    cfg = write_config(tmp_path / "s.yaml", """camera: {kind: replay, path: frames, rate_parts_per_s: null}
+model: {path: tiny.pt, device: cpu, warmup_runs: 0}
+decision: {threshold: 0.5, deadline_ms: 300}
+reject: {delay_ms: 400, pulse_ms: 20, actuator: {kind: log}}
+tracelog: {dir: log, images: none}
+""")
+    installed = [sys.executable, "-m", "station.cli"]
+    for args in (["check-config", str(cfg), "--model"], ["run", "-c", str(cfg)]):
+        result = subprocess.run([*installed, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert result.returncode == 2, (args, result.stderr)
+        assert "architecture 'tinynet' is not supported (expected one of ('resnet18',))" in result.stderr, args
+        assert "Traceback" not in result.stderr
+    assert station("check-config", str(cfg), "--model", cwd=tmp_path).returncode == 0
 
 
 def logged_rows(db: Path) -> int:

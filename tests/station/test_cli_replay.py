@@ -11,13 +11,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from support import REPO, make_frames, make_tiny_model, query, write_config
+from support import REPO, STATION_CLI, make_frames, make_tiny_model, query, write_config
 
-STATION = [sys.executable, "-m", "station.cli"]
+STATION = STATION_CLI  # the test network registered (tests/station_cli.py)
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 

@@ -41,11 +41,30 @@ def test_alarm_is_raised_at_once_and_cleared_only_after_a_quiet_period():
     assert alarm.raised_count == 2 and calls[-1] == ("tracelog", "disk full again")
 
 
+def test_a_new_quiet_period_applies_to_an_alarm_already_waiting_to_clear():
+    """`update_clear_after` (tracelog.alarm_clear_s, reloaded live): the quiet time already passed counts."""
+    clock, calls = Clock(), []
+    alarm = LatchedAlarm("tracelog", lambda name, msg: calls.append((name, msg)), clear_after_s=30.0, clock=clock)
+    alarm.update("disk full")
+    alarm.update(None)
+    clock.now += 3.0
+    alarm.tick()
+    assert alarm.raised, "30 s to go"
+    alarm.update_clear_after(2.0)
+    alarm.tick()
+    assert not alarm.raised and calls[-1] == ("tracelog", None), "fine for 3 s, 2 s needed"
+    alarm.update("disk full")
+    alarm.update(None)
+    clock.now += 1.0
+    alarm.tick()
+    assert alarm.raised and alarm.clear_after_s == 2.0
+
+
 def test_error_lines_are_rate_limited_per_kind_and_counted(caplog):
     clock = Clock()
     errors = RateLimitedLog(logging.getLogger("test.faults"), interval_s=10.0, clock=clock)
     with caplog.at_level(logging.ERROR, logger="test.faults"):
-        for _ in range(57):  # a second's worth of failures, as the issue measured
+        for _ in range(57):  # a second's worth of failures, as a full disk produces them
             errors.error("write", "write failed")
             clock.now += 1 / 57
         errors.error("open", "cannot open")

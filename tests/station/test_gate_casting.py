@@ -1,4 +1,4 @@
-"""The shipped model's validity gate on the real casting test images (issue 9's acceptance figures).
+"""The shipped model's validity gate on the real casting test images (the figures docs/validity-gate.md quotes).
 
 Real components: the shipped artifact (format 2, gate fitted), the 715 test images read from
 ../shared/data/casting (never copied into the repository; perturbed copies live in pytest's tmp folder

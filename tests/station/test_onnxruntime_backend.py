@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 from support import casting_data_dir, make_frames, make_tiny_model, query, require_component, run_to_end, write_config
+from tinynet import TinyNet
 
-from station.artifact import ModelArtifactError, TinyNet, load_artifact
+from station.artifact import ModelArtifactError, load_artifact
 from station.cameras.replay import list_frames, load_image
 from station.classifier import Classifier
 from station.config_gate import GateLimits

@@ -96,7 +96,7 @@ def test_replay_200_frames_one_row_each_and_one_timed_pulse_per_reject(tmp_path,
 def test_plc_killed_and_restarted_mid_run_loses_no_row(tmp_path):
     from support import make_tiny_model
 
-    from station.actuators.sim_server import start_sim_server
+    from station.testbench.plc_sim import start_sim_server
 
     frames = make_frames(tmp_path / "frames", defective=60, ok=60, size=64)
     make_tiny_model(tmp_path / "tiny.pt")

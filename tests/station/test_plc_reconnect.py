@@ -13,7 +13,7 @@ import time
 
 from support import make_frames, make_tiny_model, query, write_config
 
-from station.actuators.sim_server import start_sim_server
+from station.testbench.plc_sim import start_sim_server
 from station.app import Station
 from station.configfile import load_config
 

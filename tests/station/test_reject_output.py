@@ -10,7 +10,7 @@ import time
 from delay_proxy import DelayProxy
 from support import RejectOutput, reject_verdict
 
-from station.actuators.sim_server import start_sim_server
+from station.testbench.plc_sim import start_sim_server
 from station.records import ActuatorResult
 from station.reply_monitor import SlowReplyMonitor
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from support import REPO, make_tiny_model, query, write_config
+from support import REPO, STATION_CLI, make_tiny_model, query, write_config
 
 from station.actuators import plc_handshake as hs
 from station.app import Station
@@ -32,7 +31,7 @@ from station.image_checks import ImageChecks
 from station.tracelog import SCHEMA, RunInfo, TraceLog, rows_since
 from training import perturb
 
-STATION = [sys.executable, "-m", "station.cli"]
+STATION = STATION_CLI  # the test network registered (tests/station_cli.py)
 
 
 def station_cmd(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from support import REPO, make_tiny_model
+from tinynet import TinyNet
 
-from station.artifact import TinyNet
 from training.__main__ import main
 
 

@@ -1,23 +1,19 @@
 """A simulated PLC on 127.0.0.1 (or a serial pty) built from pymodbus's own server, for tests, the demo and
-the actuator benchmark.
+the pulse timing bench.
 
 The server runs its asyncio loop in one background thread. Every coil and holding-register write is
 timestamped server-side with `time.monotonic_ns()` the moment the request is handled (the same clock the
 station uses for due times, so lateness and pulse widths can be read straight off `coil_events`). A test can
 make the device answer every write with a Modbus exception reply (`fail_writes_with`) to exercise the
-device-error path, and stop/start the server on the same port to exercise reconnects. For serial
-actuators, `SocatPtyPair` makes a software null-modem cable and `SerialBytesRecorder` plays the relay
-board, timestamping the bytes it receives.
+device-error path, and stop/start the server on the same port to exercise reconnects.
+`emulate_handshake_plc` adds the sample PLC logic of a handshake station (docs/plc-integration.md). For
+serial links, see `station.testbench.serial_pty`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
-import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,7 +24,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-log = logging.getLogger("station.actuator.sim_server")
+log = logging.getLogger(__name__)
 
 # Function codes that write coils / holding registers.
 _COIL_WRITES = {5, 15}
@@ -289,103 +285,3 @@ def start_sim_serial_server(port: str, *, baudrate: int = 115200, parity: str = 
                                   bytesize=bytesize, reconnect_delay=0.2)
 
     return _start(handle, make, timeout_s)
-
-
-class SocatPtyPair:
-    """Two linked pseudo-terminals made by `socat` (a null-modem cable in software): `a` is the station's
-    port, `b` the device's end. `kill()` ends this socat by its own pid, and both device paths vanish,
-    like an unplugged USB adapter; `start()` again brings them back under the same paths."""
-
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
-        self.a = os.path.join(folder, "station-port")
-        self.b = os.path.join(folder, "device-port")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @staticmethod
-    def available() -> bool:
-        return shutil.which("socat") is not None
-
-    def start(self, timeout_s: float = 5.0) -> SocatPtyPair:
-        if not self.available():
-            raise RuntimeError("socat is not installed (apt-get install socat)")
-        self.proc = subprocess.Popen(
-            ["socat", f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout_s
-        while not (os.path.exists(self.a) and os.path.exists(self.b)):
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                self.proc = None
-                raise RuntimeError(f"socat exited: {err}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError("socat did not create its ptys")
-            time.sleep(0.01)
-        return self
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-        self.proc = None
-        deadline = time.monotonic() + 2.0
-        while (os.path.exists(self.a) or os.path.exists(self.b)) and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-
-class SerialBytesRecorder:
-    """The relay board's end of a serial line: timestamps every chunk of bytes it receives, in a thread."""
-
-    def __init__(self, path: str, *, baudrate: int = 9600) -> None:
-        import serial
-
-        self._serial_errors = (serial.SerialException, OSError)
-        self.port = serial.Serial(path, baudrate, timeout=0.02)
-        self.chunks: list[tuple[int, bytes]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, name="sim-serial-recorder", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            try:
-                # read(1) returns as soon as a byte arrives (a longer read would wait out the timeout)
-                data = self.port.read(1)
-                if data and self.port.in_waiting:
-                    data += self.port.read(self.port.in_waiting)
-            except self._serial_errors:
-                return
-            if data:
-                self.chunks.append((time.monotonic_ns(), data))
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(c for _, c in list(self.chunks))
-
-    def command_times(self, command: bytes) -> list[int]:
-        """Arrival time of each complete `command` (the chunk that completed it)."""
-        times, buf = [], b""
-        for t_ns, chunk in list(self.chunks):
-            buf += chunk
-            while command in buf:
-                times.append(t_ns)
-                buf = buf[buf.index(command) + len(command):]
-        return times
-
-    def wait_for(self, n_bytes: int, timeout_s: float = 2.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.data) < n_bytes and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5.0)
-        self.port.close()

@@ -22,7 +22,7 @@ from typing import Any
 
 from station.actuators import build_actuator
 from station.actuators.base import Actuator
-from station.actuators.sim_server import SerialBytesRecorder
+from station.testbench.serial_pty import SerialBytesRecorder, SocatPtyPair
 from station.config_actuators import (
     ModbusRtuActuatorConfig,
     ModbusRtuLinkConfig,
@@ -35,7 +35,7 @@ from station.output_worker import OutputWorker
 from station.records import ActuationReport, ActuatorResult, Decision, Reason, Verdict
 from station.scheduler import RejectScheduler
 
-log = logging.getLogger("station.actuator.bench")
+log = logging.getLogger(__name__)
 
 _SPIN_NS = 2_000_000  # spin the last 2 ms: sleep() overshoots by up to a millisecond
 BENCH_TOLERANCE_MS = 5.0  # the station's default reject.late_tolerance_ms: pulses confirmed later count as late
@@ -75,31 +75,29 @@ def _simulate(config: Any, stack: ExitStack) -> tuple[Any, Any]:
     """Start the simulated device for `config`; return (config pointed at it, the simulation handle).
     TCP: the pymodbus server on 127.0.0.1. RTU: the pymodbus RTU server behind a socat pty pair.
     Serial relay: a socat pty pair with a byte recorder on the board's end."""
-    from station.actuators import sim_server
+    from station.testbench import plc_sim  # pymodbus's server: imported only when simulating
 
     if isinstance(config, ModbusRtuActuatorConfig) or (
             isinstance(config, PlcHandshakeActuatorConfig) and isinstance(config.link, ModbusRtuLinkConfig)):
         pair = _pty_pair(stack)
         link = config.link if isinstance(config, PlcHandshakeActuatorConfig) else config
-        sim = sim_server.start_sim_serial_server(pair.b, baudrate=link.baudrate, parity=link.parity,
-                                                 stopbits=link.stopbits, bytesize=link.bytesize)
+        sim = plc_sim.start_sim_serial_server(pair.b, baudrate=link.baudrate, parity=link.parity,
+                                              stopbits=link.stopbits, bytesize=link.bytesize)
         stack.callback(sim.stop)
         if isinstance(config, PlcHandshakeActuatorConfig):
             return config.model_copy(update={"link": link.model_copy(update={"port": pair.a})}), sim
         return config.model_copy(update={"port": pair.a}), sim
     if isinstance(config, SerialRelayActuatorConfig):
         pair = _pty_pair(stack)
-        recorder = sim_server.SerialBytesRecorder(pair.b, baudrate=config.baudrate)
+        recorder = SerialBytesRecorder(pair.b, baudrate=config.baudrate)
         stack.callback(recorder.close)
         return config.model_copy(update={"port": pair.a}), recorder
-    sim = sim_server.start_sim_server()
+    sim = plc_sim.start_sim_server()
     stack.callback(sim.stop)
     return simulated_config(config, sim.port), sim
 
 
-def _pty_pair(stack: ExitStack) -> Any:
-    from station.actuators.sim_server import SocatPtyPair
-
+def _pty_pair(stack: ExitStack) -> SocatPtyPair:
     folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="station-bench-"))
     pair = SocatPtyPair(folder).start()
     stack.callback(pair.kill)

@@ -1,11 +1,12 @@
-"""The pulse timing benchmark measures real pulses on the simulated PLC (figures go in the issue note)."""
+"""The pulse timing benchmark (`station bench --actuator`) measures real pulses on the simulated PLC: every pulse
+counted server-side, widths timed from the on's acknowledgement, handshake verdict writes, a relay board's bytes."""
 
 from __future__ import annotations
 
 import pytest
 
-from station.actuators.timing_bench import format_result, percentiles, run_pulse_bench
 from station.config_actuators import ModbusTcpActuatorConfig, PlcHandshakeActuatorConfig
+from station.testbench.pulse_bench import format_result, percentiles, run_pulse_bench
 
 
 def test_percentiles():
