@@ -49,6 +49,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="augmentation: quarter turns/flips, plus a free rotation of up to a quarter of this")
     p.add_argument("--brightness", type=float, default=0.2, help="augmentation: brightness jitter (+/-)")
     p.add_argument("--contrast", type=float, default=0.2, help="augmentation: contrast jitter (+/-)")
+    p.add_argument("--zoom", type=float, default=0.15,
+                   help="augmentation: scale factor drawn from 1-ZOOM..1+ZOOM (camera closer or farther); "
+                        "the uncovered border takes the background grey")
+    p.add_argument("--shift", type=float, default=0.08,
+                   help="augmentation: move the part up to this share of the frame width, any direction "
+                        "(uniform over the disc); the uncovered border takes the background grey")
     p.add_argument("--target-escape-rate", type=float, default=0.0,
                    help="validation escape rate the recommended threshold must meet")
     p.add_argument("--max-threshold", type=float, default=0.5, help="upper cap on the recommended threshold")
@@ -61,8 +67,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from training.data import build_augment
     from training.engine import train
 
+    # Bad augmentation options are a usage error before the images are decoded, not after.
+    build_augment(rotate_deg=args.rotate_deg, brightness=args.brightness, contrast=args.contrast,
+                  zoom=args.zoom, shift=args.shift)
     train(args)
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -145,13 +146,30 @@ def decode_gray(paths: Sequence[Path]) -> list[np.ndarray]:
     return out
 
 
-def build_augment(*, rotate_deg: float = 180.0, brightness: float = 0.2, contrast: float = 0.2
-                  ) -> Callable[[Image.Image, random.Random], Image.Image]:
-    """Augmentations for top-view parts: dihedral flips/quarter turns, a free rotation, brightness/contrast.
+# Bounds on the augmentation options: past them the part leaves the frame or the jitter stops being a
+# plausible picture of a good part (a brightness factor of 0 is a black frame).
+MAX_ZOOM = 0.5
+MAX_SHIFT = 0.25
+MAX_JITTER = 0.9
+
+
+def build_augment(*, rotate_deg: float = 180.0, brightness: float = 0.2, contrast: float = 0.2,
+                  zoom: float = 0.15, shift: float = 0.08) -> Callable[[Image.Image, random.Random], Image.Image]:
+    """Augmentations for top-view parts: dihedral flips/quarter turns, then one affine warp (a free
+    rotation, a zoom, a shift), then brightness/contrast.
 
     A top-view impeller has no preferred orientation, so every rotation and mirror is a plausible
-    part. The free rotation fills the exposed corners with the image's own corner grey.
+    part. The camera's distance and the part's place on the belt vary too: the zoom factor is drawn
+    uniformly from 1 - zoom .. 1 + zoom (above 1: camera closer, part larger), the shift uniformly over a
+    disc of radius `shift` x the frame width (so large shifts are as common as the area they cover).
+    Rotation, zoom and shift are one resampling, not three, so the augmented part is no blurrier than a
+    rotated one; the exposed border takes the image's own background grey (the median of its border).
+    Raises `DataError` for options outside their bounds.
     """
+    for name, value, hi in (("rotate-deg", rotate_deg, 360.0), ("brightness", brightness, MAX_JITTER),
+                            ("contrast", contrast, MAX_JITTER), ("zoom", zoom, MAX_ZOOM), ("shift", shift, MAX_SHIFT)):
+        if not (0.0 <= value <= hi):
+            raise DataError(f"augmentation --{name} {value} is outside 0..{hi:g}")
 
     def augment(img: Image.Image, rng: random.Random) -> Image.Image:
         if rng.random() < 0.5:
@@ -159,11 +177,15 @@ def build_augment(*, rotate_deg: float = 180.0, brightness: float = 0.2, contras
         quarter = rng.randrange(4)
         if quarter:
             img = img.transpose((Image.ROTATE_90, Image.ROTATE_180, Image.ROTATE_270)[quarter - 1])
-        if rotate_deg > 0 and rng.random() < 0.5:
-            arr = np.asarray(img)
-            fill = int(np.median(np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])))
-            img = img.rotate(rng.uniform(-rotate_deg / 4, rotate_deg / 4), resample=Image.BILINEAR,
-                             fillcolor=fill)
+        angle = rng.uniform(-rotate_deg / 4, rotate_deg / 4) if rotate_deg > 0 and rng.random() < 0.5 else 0.0
+        factor = rng.uniform(1.0 - zoom, 1.0 + zoom) if zoom > 0 else 1.0
+        dx = dy = 0.0
+        if shift > 0:
+            radius = shift * math.sqrt(rng.random())
+            direction = rng.uniform(0.0, 2.0 * math.pi)
+            dx, dy = radius * img.size[0] * math.cos(direction), radius * img.size[1] * math.sin(direction)
+        if angle or factor != 1.0 or dx or dy:
+            img = warp(img, angle_deg=angle, zoom=factor, shift_px=(dx, dy))
         if brightness > 0:
             img = ImageEnhance.Brightness(img).enhance(rng.uniform(1 - brightness, 1 + brightness))
         if contrast > 0:
@@ -171,6 +193,26 @@ def build_augment(*, rotate_deg: float = 180.0, brightness: float = 0.2, contras
         return img
 
     return augment
+
+
+def warp(img: Image.Image, *, angle_deg: float = 0.0, zoom: float = 1.0,
+         shift_px: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
+    """Rotate by `angle_deg` (counter-clockwise, as `Image.rotate`), scale by `zoom` about the centre, then
+    move by `shift_px`, in one bilinear resampling; uncovered pixels take the border's median grey.
+
+    With zoom 1 this is exactly `img.rotate(angle_deg, BILINEAR, translate=shift_px, fillcolor=...)`:
+    the same pixel-centre convention, so a rotated-only training image is unchanged by this code."""
+    arr = np.asarray(img)
+    fill = int(np.median(np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])))
+    w, h = img.size
+    cx, cy = w / 2.0, h / 2.0
+    a = -math.radians(angle_deg)
+    # Output pixel -> input pixel: centre + R(-a) (out - centre - shift) / zoom (Image.rotate's inverse map).
+    m = [round(math.cos(a), 15) / zoom, round(math.sin(a), 15) / zoom,
+         round(-math.sin(a), 15) / zoom, round(math.cos(a), 15) / zoom]
+    ox, oy = -cx - shift_px[0], -cy - shift_px[1]
+    matrix = (m[0], m[1], m[0] * ox + m[1] * oy + cx, m[2], m[3], m[2] * ox + m[3] * oy + cy)
+    return img.transform((w, h), Image.AFFINE, matrix, resample=Image.BILINEAR, fillcolor=fill)
 
 
 class CachedImageDataset(torch.utils.data.Dataset):

@@ -260,7 +260,7 @@ def _fit(args: argparse.Namespace, info: DistInfo, prepared: dict[str, Any], *, 
     labels = prepared["labels"]
     train_idx, val_idx = prepared["train_idx"], prepared["val_idx"]
     augment = tdata.build_augment(rotate_deg=args.rotate_deg, brightness=args.brightness,
-                                  contrast=args.contrast)
+                                  contrast=args.contrast, zoom=args.zoom, shift=args.shift)
     train_ds = tdata.CachedImageDataset([images[i] for i in train_idx], [labels[i] for i in train_idx],
                                         preprocess, augment=augment, seed=args.seed)
     val_ds = tdata.CachedImageDataset([images[i] for i in val_idx], [labels[i] for i in val_idx], preprocess)

@@ -56,6 +56,12 @@ def test_wrong_architecture_weights(tiny_data: Path, tmp_path: Path, capsys: pyt
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_augmentation_out_of_bounds(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _expect_error(_train(tiny_data, tmp_path / "run", "--zoom", "0.7"), capsys, "--zoom 0.7 is outside 0..0.5")
+    _expect_error(_train(tiny_data, tmp_path / "run", "--shift", "-0.1"), capsys, "--shift -0.1 is outside")
+    assert not (tmp_path / "run").exists(), "refused before anything was written"
+
+
 def test_missing_model_for_evaluate(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _expect_error(["evaluate", "--model", str(tmp_path / "nope.pt"), "--data", str(tiny_data),
                    "--report", str(tmp_path / "r")], capsys, "does not exist")

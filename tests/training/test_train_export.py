@@ -28,6 +28,8 @@ def test_training_loss_falls_and_run_files_exist(tiny_run: Path) -> None:
     assert summary["split"]["val"] == {"def_front": 6, "ok_front": 6}
     assert 0 < summary["threshold"]["threshold"] <= 0.5
     assert summary["threshold"]["val_escapes"] == 0
+    hyper = summary["hyper_parameters"]
+    assert (hyper["zoom"], hyper["shift"]) == (0.15, 0.08), "the augmentation the run used is recorded"
     run_model = load_artifact(tiny_run / "model.pt")
     assert run_model.format == "impeller-artifact/2" and run_model.validity is not None, "the run's model has its gate"
 
