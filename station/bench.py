@@ -55,6 +55,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="model precision to time (default: the YAML's model.precision)")
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="micro-batch limit to time (default: the YAML's model.max_batch; 1: no batching)")
+    p.add_argument("--cpu-latency-us", type=int, default=None, metavar="US",
+                   help="hold the CPU wake-up latency at most US microseconds while the bench runs (Linux PM "
+                        "QoS, /dev/cpu_dma_latency; 0: cores never halt between parts); needs write access "
+                        "to the device (default: the host's setting)")
     p.add_argument("--keep-actuator", action="store_true",
                    help="use the YAML's reject actuator (default: the log actuator, to time the pipeline alone)")
     p.add_argument("--with-hmi", action="store_true",
@@ -90,6 +94,22 @@ def run_bench(args: argparse.Namespace) -> int:
                   f"{exc}", file=sys.stderr)
             return 2
         loaded = dataclasses.replace(loaded, config=loaded.config.model_copy(update={"model": model}))
+    if args.cpu_latency_us is None:
+        return _run_pipeline_bench(args, loaded)
+    from station.cpu_latency import CpuLatencyError, hold_wakeup_latency
+
+    with contextlib.ExitStack() as held:
+        try:
+            in_force = held.enter_context(hold_wakeup_latency(args.cpu_latency_us))
+        except (CpuLatencyError, ValueError) as exc:
+            print(f"bench: --cpu-latency-us {args.cpu_latency_us}: {exc}", file=sys.stderr)
+            return 2
+        print(f"CPU wake-up latency held at {args.cpu_latency_us} us while the bench runs "
+              f"(PM QoS; in force: {in_force} us)")
+        return _run_pipeline_bench(args, loaded)
+
+
+def _run_pipeline_bench(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if args.with_hmi:
         from station.bench_hmi import run_with_hmi
 
