@@ -198,18 +198,6 @@ class SwitchedOutput(Actuator):
     def _backoff(self) -> Backoff:
         """The reconnect backoff of the transport."""
 
-    def io_thread(self) -> Stage | None:
-        """The driver's own I/O thread while the device is open (the supervisor watches it); None without."""
-        return None
-
-    def new_io_thread(self) -> Stage:
-        """A fresh, unstarted I/O thread, for the supervisor's restart of one that died."""
-        raise NotImplementedError(f"{self.kind} has no I/O thread of its own")
-
-    def adopt_io_thread(self, new: Stage) -> None:
-        """Run `new` (from `new_io_thread`, started by the caller next) in place of the thread that died."""
-        raise NotImplementedError(f"{self.kind} has no I/O thread of its own")
-
     def link_wait_s(self, *, busy: bool) -> float:
         return 0.0 if self._link_up() else self._backoff().wait_s(busy=busy)
 

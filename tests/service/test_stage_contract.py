@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from service_support import read_rows
+from service_support import read_rows, until
 from support import make_tiny_model, write_config
 
 from station import service
@@ -51,17 +51,6 @@ hmi: {{control_socket: ctl.sock}}
 {alarm}""")))
     station.start()
     return station
-
-
-def until(condition, timeout: float = 30.0, supervisor: Supervisor | None = None) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if supervisor is not None:
-            supervisor.check()
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def crash_once(monkeypatch: pytest.MonkeyPatch, stage: Stage) -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from service_support import read_rows
+from service_support import read_rows, until
 from support import make_tiny_model, write_config
 
 from station import service
@@ -57,17 +57,6 @@ decision: {{threshold: {threshold}, deadline_ms: 200}}
 reject: {{delay_ms: {delay_ms}, pulse_ms: 20, actuator: {{kind: log}}}}
 tracelog: {{dir: log, images: none}}
 {extra}""")
-
-
-def until(condition, timeout: float = 30.0, supervisor: Supervisor | None = None) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if supervisor is not None:
-            supervisor.check()
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def parts(station: Station) -> list:
