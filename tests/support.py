@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +191,15 @@ class RejectOutput:
     def raised(self, name: str) -> list[str | None]:
         """Every raise (message) and clear (None) of one alarm, in order."""
         return [msg for n, msg in self.alarms if n == name]
+
+
+def until(condition: Callable[[], object], timeout: float = 30.0, supervisor=None) -> None:
+    """Wait for `condition()`, running the supervisor's check each round when one is given."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if supervisor is not None:
+            supervisor.check()
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")

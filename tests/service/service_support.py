@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from support import REPO, STATION_CLI
+from support import REPO, STATION_CLI, until  # noqa: F401  (until: the service tests import it from here)
 
-from station.supervisor import Supervisor
 from support import query as read_rows  # noqa: F401  (the service tests' name for it)
 
 
@@ -149,14 +148,3 @@ def wait_rows(db: Path, n: int, *, timeout: float = 90.0, sql: str = "SELECT COU
         time.sleep(0.1)
     raise AssertionError(f"only {count_rows(db, sql, args)} of {n} rows after {timeout} s ({sql})")
 
-
-def until(condition: Callable[[], object], timeout: float = 30.0, supervisor: Supervisor | None = None) -> None:
-    """Wait for `condition()`, running the supervisor's check each round when one is given."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if supervisor is not None:
-            supervisor.check()
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")

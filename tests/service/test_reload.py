@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from service_support import free_port, read_rows
-from support import make_tiny_model, own_pulse_rows, write_config
+from support import make_tiny_model, own_pulse_rows, until, write_config
 
 from station.testbench.plc_sim import start_sim_server
 from station.app import Station
@@ -32,14 +32,6 @@ reject: {{delay_ms: 300, pulse_ms: 20, actuator: {actuator}}}
 tracelog: {{dir: log, images: {images}}}
 {extra}"""
 
-
-def until(condition, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def start(tmp: Path, text: str) -> Station:

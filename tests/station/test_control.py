@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import make_tiny_model, query, write_config
+from support import make_tiny_model, query, until, write_config
 
 from station.app import Station
 from station.configfile import load_config
@@ -33,14 +33,6 @@ def start(tmp: Path, *, threshold: float = 0.5, sock: str = "ctl.sock") -> Stati
     station.start()
     return station
 
-
-def until(condition, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_status_ack_and_reload_by_a_named_user(tmp_path):
