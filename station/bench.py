@@ -157,6 +157,7 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
     from station.cameras.synthetic import SyntheticCamera
     from station.bench_bare import BACK_TO_BACK_CALLS, time_bare
     from station.health import percentiles
+    from station.thread_cpu import cpu_by_thread, cpu_spent
 
     first_image: list = []
     verdicts: dict[int, Verdict] = {}
@@ -192,9 +193,12 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
             print(f"bench: {exc}", file=sys.stderr)
             return None
         t0 = time.monotonic()
+        cpu_start = cpu_by_thread()
         try:
             station.wait_source_finished(timeout_s=600)
             elapsed = time.monotonic() - t0
+            cpu = cpu_spent(cpu_start, cpu_by_thread())  # before stop: the stage threads still exist
+            cpu_wall_s = time.monotonic() - t0
         finally:
             station.stop()
     # The station has stopped; its classifier (same session, threads, precision) is timed bare.
@@ -209,7 +213,7 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
     queue_wait = [v.decide_ms - v.infer_ms for v in verdicts.values() if v.infer_ms is not None]
     gate = [v.gate.gate_ms for v in verdicts.values() if v.gate is not None]
     return {"parts": len(verdicts), "parts_per_s": len(verdicts) / elapsed if elapsed > 0 else 0.0,
-            "backend": station.classifier.describe(), "bare": bare, "bare_calls": BACK_TO_BACK_CALLS,
+            "backend": station.classifier.describe(), "bare": bare, "cpu": cpu, "cpu_wall_s": cpu_wall_s, "bare_calls": BACK_TO_BACK_CALLS,
             "batched": (station.worker.batches, station.worker.batched_frames),
             "missed": sum(1 for v in verdicts.values() if v.decide_ms > deadline_ms),
             "overruns": sum(1 for v in verdicts.values() if v.reason.value in ("overrun", "timeout")),
@@ -252,4 +256,7 @@ def format_bench(runs: list[dict], *, parts: int, rate: float | None = None, bac
         from station.bench_bare import format_bare
 
         lines += format_bare(runs, rate=rate)
+    from station.thread_cpu import format_cpu_per_part
+
+    lines += format_cpu_per_part(runs)
     return "\n".join(lines)

@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=10.0, help="calls per second (the line's pace)")
     p.add_argument("--calls", type=int, default=100)
     args = p.parse_args(argv)
+    if not args.rate > 0:
+        p.error(f"--rate must be above 0 calls per second (got {args.rate:g})")
+    if args.threads < 1 or args.calls < 1:
+        p.error("--threads and --calls must be at least 1")
     from station.artifact import load_artifact
     from station.ort_backend import onnx_bytes
 

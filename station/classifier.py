@@ -40,6 +40,7 @@ from station.preprocess import FrameFormatError
 from station.records import Frame, GateResult, Prediction, Reason
 from station.runtime_select import CPU_PROVIDER, Runtime, available_ort_providers, cuda_available, resolve_runtime
 from station.stage import IDLE_WAIT_S, STOP, Stage
+from station.thread_cpu import name_threads_started_by
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,12 @@ class Classifier:
         self.int8 = None
         size = self.preprocess.input_size
         self.runner: OnnxRuntimeRunner | None = None
-        if self.backend == "onnxruntime":
-            self.runner = self._ort_runner(artifact, threads, device)
-        logits, _ = self.forward(np.zeros((1, 3, size, size), dtype=np.float32))
+        # torch starts its intra-op threads on its first parallel operation; ONNX Runtime's session names
+        # its own pool "ort-pool" (station.thread_cpu: the names `top -H` and `station bench` show).
+        with name_threads_started_by("torch-pool"):
+            if self.backend == "onnxruntime":
+                self.runner = self._ort_runner(artifact, threads, device)
+            logits, _ = self.forward(np.zeros((1, 3, size, size), dtype=np.float32))
         if logits.shape != (1, len(artifact.metadata.class_names)):
             raise ModelArtifactError(
                 f"model output shape {logits.shape} does not match {len(artifact.metadata.class_names)} classes")

@@ -32,6 +32,7 @@ from station.artifact import ModelArtifactError
 from station.artifact_integrity import softmax
 from station.network import WithFeatures
 from station.runtime_select import CPU_PROVIDER, TENSORRT_PROVIDER
+from station.thread_cpu import name_threads_started_by
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ class OnnxRuntimeRunner:
             # TensorRT builds its engine in fp16 when the runtime asks for it; the others take no options.
             provider_list.append((name, {"trt_fp16_enable": True}) if name == TENSORRT_PROVIDER and fp16 else name)
         try:
-            self.session = ort.InferenceSession(graph, session_options(threads), providers=provider_list)
+            with name_threads_started_by("ort-pool"):  # its intra-op workers, as `top -H` shows them
+                self.session = ort.InferenceSession(graph, session_options(threads), providers=provider_list)
         except Exception as exc:  # onnxruntime raises its own exception types for a model it cannot run
             raise ModelArtifactError(f"onnxruntime could not load the {what} model: {exc}") from exc
         self.providers = tuple(self.session.get_providers())

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from station.actuators.base import Actuator, ActuatorError, ActuatorNotConnected
+from station.precise_wait import SPIN_NS, spin_until, wait_before
 from station.pulse_book import OFF, ON, PartDue, PulseBook, describe_error
 from station.records import ActuationReport, ActuatorResult, Verdict
 from station.reply_monitor import SlowReplyMonitor
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 ReportSink = Callable[[ActuationReport], None]
 AlarmHook = Callable[[str, str | None], None]
 
-_SPIN_NS = 2_000_000   # Condition.wait overshoots by up to a millisecond: spin the last 2 ms of an off
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class VerdictCommand:
 
 class OutputWorker(Stage):
     busy_doing = "waiting for its device"
+    timing_critical = True
 
     def __init__(self, actuator: Actuator, *, role: str, pulse_ms: float, late_tolerance_ms: float,
                  plc_slow_clear_after: int, on_report: ReportSink, on_alarm: AlarmHook,
@@ -178,16 +179,14 @@ class OutputWorker(Stage):
     def _wait(self, wake_ns: int | None) -> None:
         """Called holding the condition: sleep until woken, `wake_ns`, or the heartbeat period."""
         now = time.monotonic_ns()
-        if wake_ns is not None and wake_ns - now <= _SPIN_NS:
+        if wake_ns is not None and wake_ns - now <= SPIN_NS:
             self._cond.release()
             try:
-                while time.monotonic_ns() < wake_ns:
-                    pass  # the off of a pulse: a sleep could overshoot by a millisecond
+                spin_until(wake_ns)  # the off of a pulse: a condition wait can wake late
             finally:
                 self._cond.acquire()
             return
-        timeout_s = IDLE_WAIT_S if wake_ns is None else min(IDLE_WAIT_S, (wake_ns - now - _SPIN_NS) / 1e9)
-        self._cond.wait(timeout_s)
+        self._cond.wait(IDLE_WAIT_S if wake_ns is None else wait_before(wake_ns, now, IDLE_WAIT_S))
 
     def _next_command(self, now: int, reports: list[ActuationReport]) -> tuple[tuple | None, int | None]:
         """The next command to send, or (None, when to look again). Called holding the condition."""

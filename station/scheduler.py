@@ -19,16 +19,18 @@ import time
 from collections import deque
 
 from station.output_worker import OutputWorker
+from station.precise_wait import SPIN_NS, spin_until, wait_before
 from station.records import Decision, Verdict
 from station.stage import IDLE_WAIT_S, Stage
 
 log = logging.getLogger(__name__)
 
-_SPIN_NS = 2_000_000
 JITTER_WINDOW = 10_000
 
 
 class RejectScheduler(Stage):
+    timing_critical = True
+
     def __init__(self, worker: OutputWorker, *, delay_ms: float) -> None:
         super().__init__("reject-scheduler")
         self.worker = worker
@@ -98,12 +100,10 @@ class RejectScheduler(Stage):
                 return False  # every scheduled part was handed over
             now = time.monotonic_ns()
             next_ns = self._heap[0][0] if self._heap else None
-            if next_ns is None or next_ns - now > _SPIN_NS:
-                wait_s = IDLE_WAIT_S if next_ns is None else min(IDLE_WAIT_S, (next_ns - now - _SPIN_NS) / 1e9)
-                self._cond.wait(wait_s)
+            if next_ns is None or next_ns - now > SPIN_NS:
+                self._cond.wait(IDLE_WAIT_S if next_ns is None else wait_before(next_ns, now, IDLE_WAIT_S))
                 return True
-        while time.monotonic_ns() < next_ns:
-            pass  # spin the last ~2 ms: Condition.wait overshoots by up to a millisecond
+        spin_until(next_ns)  # the last stretch: a condition wait can wake late
         self._hand_over_due()
         return True
 

@@ -22,6 +22,9 @@ import threading
 import time
 from collections.abc import Iterator
 
+from station.precise_wait import fine_timer_slack
+from station.thread_cpu import name_os_thread, record_thread_end
+
 STOP = object()      # the sentinel `stop()` puts on a stage's input queue
 IDLE_WAIT_S = 0.2    # the longest a step waits for work: stop and the heartbeat are never further away
 
@@ -31,6 +34,9 @@ class Stage(threading.Thread):
 
     # What the stage is doing while busy, for the supervisor's report ("<busy_doing> for 12.3 s").
     busy_doing = "blocked in one step"
+    # A stage that acts at due times (reject scheduler, output workers) waits with a fine timer slack and
+    # spins only the last stretch (station.precise_wait).
+    timing_critical = False
 
     def __init__(self, name: str, *, inbox: queue.Queue | None = None) -> None:
         super().__init__(name=name, daemon=True)
@@ -42,6 +48,9 @@ class Stage(threading.Thread):
 
     # ---- the loop --------------------------------------------------------------------------------------
     def run(self) -> None:
+        name_os_thread(self.name)
+        if self.timing_critical:
+            fine_timer_slack()
         try:
             while True:
                 self.last_beat_ns = time.monotonic_ns()
@@ -49,7 +58,10 @@ class Stage(threading.Thread):
                     return
         finally:
             self.busy_since_ns = None
-            self.cleanup()
+            try:
+                self.cleanup()
+            finally:
+                record_thread_end(self.name)
 
     def step(self) -> bool:
         """One unit of work, waiting for it at most IDLE_WAIT_S. False: the stage is done (its thread ends)."""

@@ -32,22 +32,21 @@ from station.config_actuators import (
     SerialRelayActuatorConfig,
 )
 from station.output_worker import OutputWorker
+from station.precise_wait import fine_timer_slack, spin_until, wait_before
 from station.records import ActuationReport, ActuatorResult, Decision, Reason, Verdict
 from station.scheduler import RejectScheduler
 
 log = logging.getLogger(__name__)
 
-_SPIN_NS = 2_000_000  # spin the last 2 ms: sleep() overshoots by up to a millisecond
 BENCH_TOLERANCE_MS = 5.0  # the station's default reject.late_tolerance_ms: pulses confirmed later count as late
 
 
 def _wait_until(t_ns: int) -> None:
-    while True:
-        left = t_ns - time.monotonic_ns()
-        if left <= 0:
-            return
-        if left > _SPIN_NS:
-            time.sleep((left - _SPIN_NS) / 1e9)
+    """The bench's own pacing: sleep to SPIN_NS before `t_ns`, spin the rest (as the station's stages do)."""
+    pause = wait_before(t_ns, time.monotonic_ns(), float("inf"))
+    if pause > 0:
+        time.sleep(pause)
+    spin_until(t_ns)
 
 
 def percentiles(values_ms: list[float]) -> dict[str, float | int | None]:
@@ -138,6 +137,7 @@ def _bench(actuator: Actuator, sim: Any, *, pulses: int, pulse_ns: int, gap_ns: 
     # the ejector (capture + delay) as its deadline: give it a second, as a real line would have.
     scheduler = RejectScheduler(worker, delay_ms=1000.0 if actuator.owns_timing else 0.0)
     events_before = _event_count(actuator, sim)
+    fine_timer_slack()  # this thread paces the handshake's verdicts as the scheduler paces pulses
     t0 = time.monotonic_ns() + 200_000_000
     dues = [t0 + i * gap_ns for i in range(pulses)]
     worker.start()

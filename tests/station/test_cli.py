@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -245,6 +246,11 @@ reject: {actuator: {kind: log}}
     assert float(over.split()[-4]) == pytest.approx(pipe_p50 - b50, abs=0.02), "overhead = pipeline - bare"
     assert "validity gate cost: p50" in result.stdout and "0.5 ms p99 budget" in result.stdout
     assert "queue overruns/timeouts: 0" in result.stdout
+    # Where the cores went: CPU ms per part by thread, the capture thread (ended with its source) included.
+    cpu = {m[1]: float(m[2]) for m in re.finditer(r"^  (\S.*?)\s+(\d+\.\d+)", result.stdout.split(
+        "CPU per part by thread", 1)[1], re.M)}
+    assert cpu["inference"] > 0 and cpu["capture"] > 0
+    assert cpu["all threads"] >= cpu["inference"] + cpu["capture"]
     ort = station("bench", "-c", str(cfg), "-n", "10", "--repeats", "1", "--rate", "50", "--backend", "onnxruntime",
                   "--max-batch", "1", cwd=tmp_path)
     assert ort.returncode == 0 and "(onnxruntime on cpu)" in ort.stdout, ort.stderr
