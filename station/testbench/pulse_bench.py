@@ -32,7 +32,7 @@ from station.config_actuators import (
     SerialRelayActuatorConfig,
 )
 from station.output_worker import OutputWorker
-from station.precise_wait import fine_timer_slack, spin_until, wait_before
+from station.precise_wait import fine_timer_slack_held, spin_until, wait_before
 from station.records import ActuationReport, ActuatorResult, Decision, Reason, Verdict
 from station.scheduler import RejectScheduler
 
@@ -137,16 +137,16 @@ def _bench(actuator: Actuator, sim: Any, *, pulses: int, pulse_ns: int, gap_ns: 
     # the ejector (capture + delay) as its deadline: give it a second, as a real line would have.
     scheduler = RejectScheduler(worker, delay_ms=1000.0 if actuator.owns_timing else 0.0)
     events_before = _event_count(actuator, sim)
-    fine_timer_slack()  # this thread paces the handshake's verdicts as the scheduler paces pulses
     t0 = time.monotonic_ns() + 200_000_000
     dues = [t0 + i * gap_ns for i in range(pulses)]
     worker.start()
     scheduler.start()
     try:
-        for i, due in enumerate(dues):
-            if actuator.owns_timing:  # the verdict goes out when it is made: make it at the planned time
-                _wait_until(due)
-            scheduler.submit(_bench_verdict(i, due, reject=i % 2 == 1 or not actuator.owns_timing))
+        with fine_timer_slack_held():  # this thread paces the handshake's verdicts as the scheduler paces pulses
+            for i, due in enumerate(dues):
+                if actuator.owns_timing:  # the verdict goes out when it is made: make it at the planned time
+                    _wait_until(due)
+                scheduler.submit(_bench_verdict(i, due, reject=i % 2 == 1 or not actuator.owns_timing))
         scheduler.drain(pulses * gap_ns / 1e9 + 10.0)
     finally:
         scheduler.stop()
