@@ -28,6 +28,7 @@ BRIGHT_LEVEL = 250  # at or above: clipped bright (over-exposure)
 EYE_LEVEL = 0.4
 EDGE_SHARE = 0.02   # focus: the strongest 2 % of gradients are the part's edges
 NO_PART_OFFSET = math.sqrt(0.5)  # part_offset when no silhouette is found: a corner, beyond any limit
+_add = np.add.reduce
 
 
 class _Buffers:
@@ -74,8 +75,10 @@ class ImageChecks:
         n = pixels.size
         f = buf.f
         np.copyto(f, pixels, casting="unsafe")
-        mean = float(f.mean())
-        var = max(0.0, float(np.square(f, out=buf.square).mean()) - mean * mean)
+        # np.add.reduce(...) / n is what ndarray.mean computes (the same float32 pairwise sum, the same
+        # float32 division), without mean()'s Python-level argument handling: a hot path.
+        mean = float(_add(f, axis=None) / n)
+        var = max(0.0, float(_add(np.square(f, out=buf.square), axis=None) / n) - mean * mean)
         # 2 x 2 block means: averaging halves the sensor noise before the noise and silhouette measures.
         h2, w2 = buf.b.shape
         f = f[:h2 * 2, :w2 * 2]
@@ -103,8 +106,8 @@ def _part(b: np.ndarray, buf: _Buffers, *, median: float) -> dict[str, float]:
     count = int(np.count_nonzero(mask))
     if count == 0:
         return {"part_offset": NO_PART_OFFSET, "part_size": 0.0}
-    cx = float(mask.sum(axis=0) @ buf.cx) / count
-    cy = float(mask.sum(axis=1) @ buf.cy) / count
+    cx = float(_add(mask, axis=0) @ buf.cx) / count
+    cy = float(_add(mask, axis=1) @ buf.cy) / count
     return {"part_offset": math.hypot(cx - 0.5, cy - 0.5),
             "part_size": 2.0 * math.sqrt(count / mask.size / math.pi)}
 
@@ -127,7 +130,7 @@ def _edge_strength(img: np.ndarray, buf: _GradientBuffers) -> float:
     if strong.size < k:
         strong = mag2
     top = np.partition(strong, strong.size - k)[strong.size - k:]
-    return math.sqrt(float(top.mean()))
+    return math.sqrt(float(_add(top, axis=None) / top.size))
 
 
 # focus = _edge_strength(model-input pixels) / _edge_strength(2 x 2 block average): how much steeper the
@@ -157,4 +160,4 @@ def _noise(b: np.ndarray, buf: _Buffers) -> float:
     flat = np.abs(d2, out=d2).ravel()
     m = flat.size // 2
     lower = np.partition(flat, m)[:m]
-    return 2.0 * float(lower.mean()) / (0.3248 * 6.0)
+    return 2.0 * float(_add(lower, axis=None) / m) / (0.3248 * 6.0)
