@@ -213,7 +213,8 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
     queue_wait = [v.decide_ms - v.infer_ms for v in verdicts.values() if v.infer_ms is not None]
     gate = [v.gate.gate_ms for v in verdicts.values() if v.gate is not None]
     return {"parts": len(verdicts), "parts_per_s": len(verdicts) / elapsed if elapsed > 0 else 0.0,
-            "backend": station.classifier.describe(), "bare": bare, "cpu": cpu, "cpu_wall_s": cpu_wall_s, "bare_calls": BACK_TO_BACK_CALLS,
+            "backend": station.classifier.describe(), "bare": bare, "bare_calls": BACK_TO_BACK_CALLS,
+            "cpu": cpu, "cpu_wall_s": cpu_wall_s,
             "batched": (station.worker.batches, station.worker.batched_frames),
             "missed": sum(1 for v in verdicts.values() if v.decide_ms > deadline_ms),
             "overruns": sum(1 for v in verdicts.values() if v.reason.value in ("overrun", "timeout")),

@@ -37,7 +37,6 @@ ReportSink = Callable[[ActuationReport], None]
 AlarmHook = Callable[[str, str | None], None]
 
 
-
 @dataclass(frozen=True)
 class VerdictCommand:
     verdict: Verdict

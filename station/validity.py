@@ -69,11 +69,12 @@ class NoveltyModel:
         """Novelty of each row of `features` (N x D). On the inference thread for every part: the class
         means' squared norms are computed once, and the reductions are called as ufuncs directly (the
         same arithmetic as the ndarray methods, less Python around it)."""
-        z = np.asarray(features, dtype=np.float32).reshape(-1, self._dim) @ self.whitening  # type: ignore[attr-defined]
+        dim = self._dim  # type: ignore[attr-defined]
+        z = np.asarray(features, dtype=np.float32).reshape(-1, dim) @ self.whitening
         z = z.astype(np.float64)
-        m = self._projected_means  # type: ignore[attr-defined]
-        d2 = np.add.reduce(z * z, axis=1, keepdims=True) - 2.0 * z @ m.T + self._mean_norms  # type: ignore[attr-defined]
-        return np.sqrt(np.maximum(np.minimum.reduce(d2, axis=1), 0.0) / self._dim)  # type: ignore[attr-defined]
+        m, norms = self._projected_means, self._mean_norms  # type: ignore[attr-defined]
+        d2 = np.add.reduce(z * z, axis=1, keepdims=True) - 2.0 * z @ m.T + norms
+        return np.sqrt(np.maximum(np.minimum.reduce(d2, axis=1), 0.0) / dim)
 
     def tensors(self) -> dict[str, Any]:
         import torch
