@@ -41,7 +41,7 @@ from station.live_state import LiveState
 from station.output_worker import OutputWorker
 from station.records import ActuationReport, Frame, Prediction, Reason, Verdict
 from station.reload import ReloadResult, apply_reload
-from station.pipeline_stages import register_pipeline_stages
+from station.pipeline_stages import inference_worker_names, register_pipeline_stages
 from station.scheduler import RejectScheduler
 from station.stage import Stage
 from station.stage_registry import StageRegistry, StageSlot
@@ -61,6 +61,7 @@ class Station:
         self.config = loaded.config
         self.camera = camera
         self.classifier = classifier
+        self.extra_classifiers: list[Classifier] = []  # one per inference worker after the first (model.workers)
         self.listeners: list[VerdictListener] = [on_verdict] if on_verdict else []
         self.report_listeners: list[Callable[[ActuationReport], None]] = []
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
@@ -100,6 +101,16 @@ class Station:
     def alarm_actuator(self) -> Actuator | None:
         return self.outputs.actuator("alarm")
 
+    def classifiers(self) -> list[Classifier]:
+        """The classifier of each inference worker, the first worker's first (`classifier`)."""
+        assert self.classifier is not None
+        return [self.classifier, *self.extra_classifiers]
+
+    def inference_workers(self) -> list[InferenceWorker]:
+        """The inference worker threads that exist, `inference` first."""
+        found = (self.stage_registry.get(name) for name in inference_worker_names(self.config.model.workers))
+        return [w for w in found if isinstance(w, InferenceWorker)]
+
     def stages(self) -> dict[str, Stage]:
         """Every stage thread that exists, by name (the supervisor inspects these)."""
         return self.stage_registry.threads()
@@ -122,6 +133,9 @@ class Station:
             log.info("loading model %s", cfg.model.path)
             self.classifier = Classifier.from_config(cfg.model)
             log.info("model %s loaded", self.classifier.describe())
+        self.extra_classifiers = [Classifier.from_config(cfg.model) for _ in range(cfg.model.workers - 1)]
+        if self.extra_classifiers:
+            log.info("%d inference workers, each with its own %s", cfg.model.workers, self.classifier.describe())
         if cfg.model.threads:
             import torch
             torch.set_num_threads(cfg.model.threads)
@@ -145,7 +159,7 @@ class Station:
             on_verdict=self._on_verdict, on_late=self._on_late)
         scheduler = self._build("scheduler", RejectScheduler)
         deadline_watch = self._build("deadline", DeadlineWatch)
-        worker = self._build("inference", InferenceWorker)
+        workers = [self._build(name, InferenceWorker) for name in inference_worker_names(cfg.model.workers)]
         capture = self._build("capture", CaptureThread)
         tracelog.start()
         reject_actuator = self.reject_actuator
@@ -160,7 +174,8 @@ class Station:
             tracelog.event("WARNING", "gate", warning)
         scheduler.start()
         deadline_watch.start()
-        worker.start()
+        for worker in workers:
+            worker.start()
         self.reject_worker.mark_ready()  # queued ahead of the first part's verdict
         capture.start()
         self._build("housekeeping", Housekeeping).start()
@@ -201,12 +216,16 @@ class Station:
         self._monitor_settings(classifier, gate, config)
         return gate
 
-    def use_scoring(self, classifier: Classifier, gate: Gate | None, config: StationConfig) -> None:
+    def use_scoring(self, classifier: Classifier, gate: Gate | None, config: StationConfig,
+                    extra: list[Classifier] | None = None) -> None:
         """Score from the next frame on with this classifier and gate (a live reload of the model or of
-        `gate:`); the monitor restarts its windows on the new limits."""
-        assert self.worker is not None
-        self.worker.use(classifier, gate)
+        `gate:`); the monitor restarts its windows on the new limits. `extra`: the other inference
+        workers' copies of a new model (None: they keep theirs, the model did not change)."""
+        if extra is not None:
+            self.extra_classifiers = extra
         self.classifier, self.gate = classifier, gate
+        for worker, own in zip(self.inference_workers(), self.classifiers()):
+            worker.use(own, gate)
         self._monitor_settings(classifier, gate, config)
 
     def _monitor_settings(self, classifier: Classifier, gate: Gate | None, config: StationConfig) -> None:
@@ -340,8 +359,12 @@ class Station:
         log.info("stopping: capture first, then %d queued part(s)", self.frames.qsize())
         capture.stop()
         capture.join(timeout=5.0)
-        worker.stop()
-        worker.join(timeout=max(2.0, cfg.decision.deadline_ms / 1000.0 * (self.frames.qsize() + 2)))
+        workers = self.inference_workers()
+        for worker in workers:
+            worker.stop()
+        finish_s = max(2.0, cfg.decision.deadline_ms / 1000.0 * (self.frames.qsize() + 2))
+        for worker in workers:
+            worker.join(timeout=finish_s)
         # Whatever the worker could not finish in time still gets its (fail-safe) verdict.
         decision.expire()
         n = decision.fail_all_pending(Reason.SHUTDOWN, "station stopped before the part was classified")

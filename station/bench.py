@@ -55,6 +55,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="model precision to time (default: the YAML's model.precision)")
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="micro-batch limit to time (default: the YAML's model.max_batch; 1: no batching)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="inference workers to time (default: the YAML's model.workers)")
     p.add_argument("--cpu-latency-us", type=int, default=None, metavar="US",
                    help="hold the CPU wake-up latency at most US microseconds while the bench runs (Linux PM "
                         "QoS, /dev/cpu_dma_latency; 0: cores never halt between parts); needs write access "
@@ -83,7 +85,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if loaded is None:
         return 2
     overrides = {k: v for k, v in (("backend", args.backend), ("precision", args.precision),
-                                   ("max_batch", args.max_batch),
+                                   ("max_batch", args.max_batch), ("workers", args.workers),
                                    ("path", Path(args.model).resolve() if args.model else None)) if v is not None}
     if overrides:
         model = loaded.config.model.model_copy(update=overrides)
@@ -215,7 +217,8 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
     return {"parts": len(verdicts), "parts_per_s": len(verdicts) / elapsed if elapsed > 0 else 0.0,
             "backend": station.classifier.describe(), "bare": bare, "bare_calls": BACK_TO_BACK_CALLS,
             "cpu": cpu, "cpu_wall_s": cpu_wall_s,
-            "batched": (station.worker.batches, station.worker.batched_frames),
+            "batched": (sum(w.batches for w in station.inference_workers()),
+                        sum(w.batched_frames for w in station.inference_workers())),
             "missed": sum(1 for v in verdicts.values() if v.decide_ms > deadline_ms),
             "overruns": sum(1 for v in verdicts.values() if v.reason.value in ("overrun", "timeout")),
             "image_check": sum(1 for v in verdicts.values() if v.gate is not None and not v.gate.passed),

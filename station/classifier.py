@@ -35,7 +35,7 @@ from station.image_checks import ImageChecks
 from station.int8_model import Int8Error, check_int8, int8_domain
 from station.microbatch import BatchPlanner
 from station.network import WithFeatures
-from station.ort_backend import OnnxRuntimeRunner, onnx_bytes, verify_against_torch
+from station.ort_backend import OnnxRuntimeRunner, onnx_bytes, physical_cores, verify_against_torch
 from station.preprocess import FrameFormatError
 from station.records import Frame, GateResult, Prediction, Reason
 from station.runtime_select import CPU_PROVIDER, Runtime, available_ort_providers, cuda_available, resolve_runtime
@@ -49,6 +49,14 @@ def resolve_backend(backend: str, device: str) -> str:
     """The backend `auto` and friends resolve to on this machine (fp32); see `station.runtime_select`."""
     return resolve_runtime(backend, device, "auto", cuda=cuda_available(),
                            ort_providers=available_ort_providers()).backend
+
+
+def worker_threads(model: ModelSection) -> int | None:
+    """CPU threads for each inference worker's runtime: `model.threads` when set; with several workers and
+    no setting, the cores shared out between them (one runtime per core on a 2-core CPU with 2 workers)."""
+    if model.threads is not None or model.workers == 1:
+        return model.threads
+    return max(1, physical_cores() // model.workers)
 
 
 @dataclass(frozen=True)
@@ -169,9 +177,9 @@ class Classifier:
 
     @classmethod
     def from_config(cls, model: ModelSection) -> Classifier:
-        """The classifier a station YAML's `model:` section asks for."""
+        """The classifier a station YAML's `model:` section asks for (one per inference worker)."""
         return cls.from_file(model.path, device=model.device, warmup_runs=model.warmup_runs, backend=model.backend,
-                             threads=model.threads, precision=model.precision, max_batch=model.max_batch)
+                             threads=worker_threads(model), precision=model.precision, max_batch=model.max_batch)
 
     def describe(self) -> str:
         return f"{self.model_id} ({self.runtime.describe()})"

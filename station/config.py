@@ -74,6 +74,13 @@ class ModelSection(_Strict):
                     "only if the batch is expected to finish before every part's deadline and batching was "
                     "measured to pay. 1: one at a time (on a 2-core CPU batching gave fewer parts/s; measure "
                     "yours with `station bench --max-batch N`).")
+    workers: int = Field(
+        1, ge=1, le=16,
+        description="Inference workers scoring parts in parallel, each with its own copy of the model (and, "
+                    "with threads null, cores / workers CPU threads). 1: one part at a time, the lowest "
+                    "latency per part. 2 on a 2-core CPU: more parts/s when parts bunch up (INT8 1.5x on "
+                    "the development machine), each part slower, verdicts may finish out of order. "
+                    "Restart to change.")
 
     @model_validator(mode="after")
     def _runtime_fits(self) -> ModelSection:

@@ -31,7 +31,8 @@ def register_pipeline_stages(station: Station) -> None:
     register("tracelog", StageSpec(factory=lambda: new_tracelog(station)))
     register("scheduler", StageSpec(factory=lambda: new_scheduler(station)))
     register("deadline", StageSpec(factory=lambda: new_deadline_watch(station)))
-    register("inference", StageSpec(factory=lambda: new_inference_worker(station)))
+    for index, name in enumerate(inference_worker_names(station.config.model.workers)):
+        register(name, StageSpec(factory=lambda index=index: new_inference_worker(station, index)))
     register("capture", StageSpec(factory=lambda: new_capture(station)))
     register("housekeeping", StageSpec(factory=lambda: new_housekeeping(station)))
     if station.config.hmi.control_socket is not None:
@@ -58,10 +59,18 @@ def new_deadline_watch(station: Station) -> DeadlineWatch:
     return DeadlineWatch(station.decision)
 
 
-def new_inference_worker(station: Station) -> InferenceWorker:
-    assert station.classifier is not None and station.decision is not None
-    return InferenceWorker(station.frames, station.classifier, station.decision.on_prediction, gate=station.gate,
-                           deadline_ns=station.decision.deadline_ns)
+def inference_worker_names(workers: int) -> list[str]:
+    """The inference workers' stage names: `inference`, then `inference-2`, `inference-3`..."""
+    return ["inference"] + [f"inference-{k}" for k in range(2, workers + 1)]
+
+
+def new_inference_worker(station: Station, index: int = 0) -> InferenceWorker:
+    """Worker `index` (0: the first) on the shared frame queue, with its own classifier."""
+    classifiers = station.classifiers()
+    assert station.decision is not None and index < len(classifiers)
+    return InferenceWorker(station.frames, classifiers[index], station.decision.on_prediction, gate=station.gate,
+                           deadline_ns=station.decision.deadline_ns,
+                           name=inference_worker_names(len(classifiers))[index])
 
 
 def new_capture(station: Station) -> CaptureThread:

@@ -62,7 +62,8 @@ def restart_only_changes(old: StationConfig, new: StationConfig) -> list[str]:
               ("station.id", new.station.id != old.station.id),
               ("reject.actuator.kind", new.reject.actuator.kind != old.reject.actuator.kind),
               ("alarm.actuator", _kind(new.alarm.actuator) != _kind(old.alarm.actuator)),
-              ("hmi.control_socket", new.hmi.control_socket != old.hmi.control_socket))
+              ("hmi.control_socket", new.hmi.control_socket != old.hmi.control_socket),
+              ("model.workers", new.model.workers != old.model.workers))
     return [key for key, changed in checks if changed]
 
 
@@ -76,7 +77,8 @@ def effective_config(old: StationConfig, new: StationConfig, needs_restart: list
         "tracelog": new.tracelog.model_copy(update={"dir": old.tracelog.dir,
                                                     "spill_reserve_mb": old.tracelog.spill_reserve_mb}),
         "reject": reject, "alarm": old.alarm if "alarm.actuator" in needs_restart else new.alarm,
-        "hmi": new.hmi.model_copy(update={"control_socket": old.hmi.control_socket})})
+        "hmi": new.hmi.model_copy(update={"control_socket": old.hmi.control_socket}),
+        "model": new.model.model_copy(update={"workers": old.model.workers})})
 
 
 def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
@@ -91,6 +93,9 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
 
     # 1. Prepare: nothing below touches the running station until all of it succeeded.
     classifier = load_changed_model(station.classifier, old, new)
+    # The other inference workers get their own copies of a new model, loaded and verified the same way.
+    extra = None if classifier is None else [load_changed_model(station.classifier, old, new, force=True)
+                                             for _ in station.extra_classifiers]
     scoring = classifier or station.classifier
     gate_changed = classifier is not None or new.gate != old.gate
     try:
@@ -112,7 +117,7 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
 
     # 2. Apply, each from its next part on.
     if gate_changed:
-        station.use_scoring(scoring, gate, new)
+        station.use_scoring(scoring, gate, new, extra)
         if classifier is not None:
             result.applied.append(f"model {classifier.describe()}")
         if new.gate != old.gate or classifier is not None:
@@ -181,9 +186,11 @@ def apply_reload(station: Station, loaded: LoadedConfig) -> ReloadResult:
     return result
 
 
-def load_changed_model(running: Classifier, old: StationConfig, new: StationConfig) -> Classifier | None:
+def load_changed_model(running: Classifier, old: StationConfig, new: StationConfig, *,
+                       force: bool = False) -> Classifier | None:
     """A new, verified classifier when the model path, the file's content or any other model setting
-    (device, backend, precision, batch size, warm-up) changed (or onnxruntime's thread count); else None."""
+    (device, backend, precision, batch size, warm-up) changed (or onnxruntime's thread count), or when
+    `force`d (another inference worker's copy); else None."""
     m = new.model
     try:
         same_file = m.path == old.model.path and file_sha256(m.path) == running.artifact.sha256
@@ -192,7 +199,7 @@ def load_changed_model(running: Classifier, old: StationConfig, new: StationConf
                           f"the running model {running.model_id} is kept") from exc
     # An onnxruntime session fixes its thread count when it is made: a new count needs a new session.
     threads_fixed = m.backend != "torch" and m.threads != old.model.threads
-    if same_file and not threads_fixed and m.model_dump(exclude={"path", "threads"}) == \
+    if not force and same_file and not threads_fixed and m.model_dump(exclude={"path", "threads"}) == \
             old.model.model_dump(exclude={"path", "threads"}):
         return None
     try:

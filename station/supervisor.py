@@ -57,6 +57,11 @@ class Supervisor:
         self.max_restarts = service.max_restarts
         self.restart_window_ns = int(service.restart_window_s * 1e9)
 
+    def busy_limit_ns(self, name: str) -> int:
+        """How long one step of stage `name` may take: every inference worker (`inference`, `inference-2`...)
+        has the inference limit, the other stages the stall limit."""
+        return self.busy_limits_ns.get("inference" if name.startswith("inference") else name, self.stall_ns)
+
     # ---- one inspection ------------------------------------------------------------------------------
     def check(self) -> bool:
         """Inspect every stage once and restart dead ones within the limit.
@@ -74,7 +79,7 @@ class Supervisor:
                 if not self._restart(name, now):
                     moving = False
                 continue
-            problem = stage.hang(now, stall_ns=self.stall_ns, busy_ns=self.busy_limits_ns.get(name, self.stall_ns))
+            problem = stage.hang(now, stall_ns=self.stall_ns, busy_ns=self.busy_limit_ns(name))
             if problem is not None:
                 hung[name] = problem
         self._report_hung(hung)
