@@ -62,12 +62,13 @@ class SimPlcHandle:
         with self._lock:
             return [self._registers.get(address + i, 0) for i in range(count)]
 
-    def pulses(self, address: int) -> list[tuple[int, int]]:
-        """(on_ns, off_ns) for each on->off transition of one coil (repeated writes of the same value are
-        not edges). An on without an off yet is reported with off_ns = -1."""
+    def pulses(self, address: int, *, since: int = 0) -> list[tuple[int, int]]:
+        """(on_ns, off_ns) for each on->off transition of one coil in `coil_events[since:]`, the coil taken
+        as off at `since` (repeated writes of the same value are not edges). An on without an off yet is
+        reported with off_ns = -1."""
         pulses: list[tuple[int, int]] = []
         state, on_ns = False, 0
-        for t_ns, addr, value in list(self.coil_events):
+        for t_ns, addr, value in self.coil_events[since:]:
             if addr != address or value == state:
                 continue
             if value:

@@ -209,17 +209,7 @@ def _server_side(actuator: Actuator, sim: Any, dues: list[int], events_before: i
         seen = [t for t, a, _v in sim.register_writes[events_before:] if a == address]
         return {"server_write_lateness_ms": percentiles([(t - d) / 1e6 for t, d in zip(seen, dues)]),
                 "server_writes": len(seen)}
-    coil = getattr(actuator, "config").coil
-    edges: list[tuple[int, int]] = []
-    state, on_ns = False, 0
-    for t_ns, address, value in sim.coil_events[events_before:]:
-        if address != coil or value == state:
-            continue
-        if value:
-            on_ns = t_ns
-        else:
-            edges.append((on_ns, t_ns))
-        state = value
+    edges = [p for p in sim.pulses(getattr(actuator, "config").coil, since=events_before) if p[1] >= 0]
     return _edges_widths(edges, dues, pulse_ns)
 
 
