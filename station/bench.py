@@ -200,7 +200,6 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
             station.wait_source_finished(timeout_s=600)
             elapsed = time.monotonic() - t0
             cpu = cpu_spent(cpu_start, cpu_by_thread())  # before stop: the stage threads still exist
-            cpu_wall_s = time.monotonic() - t0
         finally:
             station.stop()
     # The station has stopped; its classifier (same session, threads, precision) is timed bare.
@@ -216,7 +215,7 @@ def bench_once(loaded: LoadedConfig, *, parts: int, frames: Path | None, keep_ac
     gate = [v.gate.gate_ms for v in verdicts.values() if v.gate is not None]
     return {"parts": len(verdicts), "parts_per_s": len(verdicts) / elapsed if elapsed > 0 else 0.0,
             "backend": station.classifier.describe(), "bare": bare, "bare_calls": BACK_TO_BACK_CALLS,
-            "cpu": cpu, "cpu_wall_s": cpu_wall_s,
+            "cpu": cpu, "elapsed_s": elapsed,
             "batched": (sum(w.batches for w in station.inference_workers()),
                         sum(w.batched_frames for w in station.inference_workers())),
             "missed": sum(1 for v in verdicts.values() if v.decide_ms > deadline_ms),

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import statistics
 import threading
 import time
 from collections import OrderedDict
@@ -129,15 +130,13 @@ def cpu_spent(start: dict[int, tuple[str, float]], end: dict[int, tuple[str, flo
 def format_cpu_per_part(runs: list[dict]) -> list[str]:
     """The bench's lines: CPU ms per part by thread name (median over the runs' `cpu` and `parts`), and
     how many cores the whole process kept busy. Runs without CPU figures (no /proc) give no lines."""
-    import statistics
-
-    runs = [r for r in runs if r.get("cpu") and r.get("parts") and r.get("cpu_wall_s")]
+    runs = [r for r in runs if r.get("cpu") and r.get("parts") and r.get("elapsed_s")]
     if not runs:
         return []
     names = list(dict.fromkeys(name for r in runs for name in r["cpu"]))
     per_part = {n: statistics.median(1000 * r["cpu"].get(n, 0.0) / r["parts"] for r in runs) for n in names}
     total = statistics.median(1000 * sum(r["cpu"].values()) / r["parts"] for r in runs)
-    busy = statistics.median(sum(r["cpu"].values()) / r["cpu_wall_s"] for r in runs)
+    busy = statistics.median(sum(r["cpu"].values()) / r["elapsed_s"] for r in runs)
     lines = ["", f"CPU per part by thread (user + system, from /proc; medians over repeats; {os.cpu_count()} "
                  f"cores), ms", f"{'':<40}{'ms/part':>8}{'share':>8}"]
     for name, ms in sorted(per_part.items(), key=lambda kv: -kv[1]):

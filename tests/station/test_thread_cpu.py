@@ -99,8 +99,8 @@ def test_cpu_of_a_thread_that_ended_is_still_counted():
 
 
 def test_cpu_per_part_table():
-    runs = [{"cpu": {"inference": 0.4, "capture": 0.1}, "parts": 100, "cpu_wall_s": 1.0},
-            {"cpu": {"inference": 0.6, "capture": 0.1}, "parts": 100, "cpu_wall_s": 1.0}]
+    runs = [{"cpu": {"inference": 0.4, "capture": 0.1}, "parts": 100, "elapsed_s": 1.0},
+            {"cpu": {"inference": 0.6, "capture": 0.1}, "parts": 100, "elapsed_s": 1.0}]
     lines = format_cpu_per_part(runs)
     rows = {line.split()[0]: line.split() for line in lines[3:]}
     assert rows["inference"][1] == "5.00" and rows["capture"][1] == "1.00"  # ms per part, medians
