@@ -109,7 +109,6 @@ def test_cpu_per_part_table():
 
 
 def test_the_onnxruntime_pool_is_named(tiny_model):
-    pytest.importorskip("onnxruntime")
     from station.artifact import load_artifact
     from station.ort_backend import OnnxRuntimeRunner, onnx_bytes
 
@@ -154,7 +153,6 @@ def test_precise_wait_sleeps_to_the_spin_window_and_spins_to_the_due_time():
 
 
 def test_bench_ort_compares_the_option_sets_and_refuses_a_rate_of_zero(tiny_model, capsys):
-    pytest.importorskip("onnxruntime")
     from station import bench_ort
 
     assert bench_ort.main(["--model", str(tiny_model), "--calls", "5", "--rate", "200", "--threads", "2"]) == 0
